@@ -1,0 +1,393 @@
+"""Time-window rules of a job, and the concrete AMC window fields they resolve to.
+
+A rule is one of:
+
+* an AMC window type passed through (``{type: MOST_RECENT_DAY}``);
+* an explicit window (``{type: EXPLICIT, start: ..., end: ..., time_zone: ...}``)
+  whose bounds are AMC times or date expressions such as ``TODAY(-1)``;
+* a relative window (``{last: 7d, lag: 2d, align: day, time_zone: ...}``)
+  resolved against the moment a run is created.
+
+AMC reads ``timeWindowStart`` and ``timeWindowEnd`` as local times in
+``timeWindowTimeZone``, and the end behaves as exclusive, so every window
+here is half-open: ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import calendar
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Tag,
+    field_validator,
+    model_validator,
+)
+
+from .durations import NonNegativeDuration, PositiveDuration
+
+AMC_TIME_FORMAT = "%Y-%m-%dT%H:%M:%S"
+AMC_WINDOW_TYPES = (
+    "MOST_RECENT_DAY",
+    "MOST_RECENT_WEEK",
+    "CURRENT_MONTH",
+    "PREVIOUS_MONTH",
+    "ALL",
+)
+DEFAULT_LAG = timedelta(hours=48)
+
+_EXPRESSION = re.compile(
+    r"\b(TODAY|FIRSTDAYOFOFFSETMONTH|LASTDAYOFOFFSETMONTH)\(\s*([+-]?\d+)?\s*\)",
+    re.IGNORECASE,
+)
+_WINDOW_TYPE = re.compile(r"[A-Z][A-Z_]*")
+
+
+def zone(name: str) -> ZoneInfo:
+    """The IANA zone called ``name``; ValueError when there is none."""
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise ValueError(f"unknown IANA time zone {name!r}") from None
+
+
+def _check_zone(name: str) -> str:
+    zone(name)
+    return name
+
+
+TimeZoneName = Annotated[str, BeforeValidator(str), BeforeValidator(_check_zone)]
+
+
+def parse_amc_time(text: str) -> datetime:
+    """A naive datetime from AMC's ``yyyy-MM-ddTHH:mm:ss``."""
+    return datetime.strptime(text, AMC_TIME_FORMAT)
+
+
+def format_amc_time(moment: datetime) -> str:
+    return moment.strftime(AMC_TIME_FORMAT)
+
+
+def _coerce_bound(value: object) -> str:
+    """Accept AMC times, dates, YAML timestamps and date expressions."""
+    if isinstance(value, datetime):
+        if value.tzinfo is not None:
+            raise ValueError("give the time without an offset; set time_zone instead")
+
+        return format_amc_time(value)
+
+    if isinstance(value, date):
+        return format_amc_time(datetime.combine(value, datetime.min.time()))
+
+    if not isinstance(value, str):
+        raise ValueError("expected a time such as 2026-05-20T00:00:00 or TODAY(-1)")
+
+    text = value.strip()
+    if _EXPRESSION.fullmatch(text):
+        return text.upper()
+
+    for fmt in (AMC_TIME_FORMAT, "%Y-%m-%d"):
+        try:
+            return format_amc_time(datetime.strptime(text, fmt))
+        except ValueError:
+            continue
+
+    raise ValueError(
+        f"invalid time {value!r}: expected yyyy-MM-ddTHH:mm:ss, a date, "
+        "or TODAY(n), FIRSTDAYOFOFFSETMONTH(n), LASTDAYOFOFFSETMONTH(n)"
+    )
+
+
+WindowBound = Annotated[str, BeforeValidator(_coerce_bound)]
+
+
+class _Rule(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AmcWindowRule(_Rule):
+    """One of AMC's own window types, resolved by AMC itself."""
+
+    type: str
+    time_zone: TimeZoneName | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_shape(cls, value: str) -> str:
+        if value == "EXPLICIT" or not _WINDOW_TYPE.fullmatch(value):
+            raise ValueError(
+                f"invalid window type {value!r} (AMC types: "
+                f"{', '.join(AMC_WINDOW_TYPES)}, or EXPLICIT with start and end)"
+            )
+
+        return value
+
+
+class ExplicitWindowRule(_Rule):
+    """Fixed bounds, or bounds computed from date expressions."""
+
+    type: Literal["EXPLICIT"]
+    start: WindowBound
+    end: WindowBound
+    time_zone: TimeZoneName = "UTC"
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ExplicitWindowRule:
+        computed = _EXPRESSION.fullmatch(self.start) or _EXPRESSION.fullmatch(self.end)
+        if not computed and parse_amc_time(self.start) >= parse_amc_time(self.end):
+            raise ValueError("start must be before end")
+
+        return self
+
+
+class RelativeWindowRule(_Rule):
+    """The last ``last`` of data that ended ``lag`` ago, aligned to ``align``."""
+
+    last: PositiveDuration
+    lag: NonNegativeDuration = DEFAULT_LAG
+    align: Literal["none", "hour", "day", "week", "month"] = "day"
+    time_zone: TimeZoneName = "UTC"
+
+
+def _rule_kind(value: Any) -> str:
+    if isinstance(value, Mapping):
+        if "last" in value:
+            return "relative"
+
+        if value.get("type") == "EXPLICIT":
+            return "explicit"
+
+        return "amc"
+
+    if isinstance(value, RelativeWindowRule):
+        return "relative"
+
+    if isinstance(value, ExplicitWindowRule):
+        return "explicit"
+
+    return "amc"
+
+
+WindowRule = Annotated[
+    Annotated[AmcWindowRule, Tag("amc")]
+    | Annotated[ExplicitWindowRule, Tag("explicit")]
+    | Annotated[RelativeWindowRule, Tag("relative")],
+    Discriminator(_rule_kind),
+]
+
+
+@dataclass(frozen=True)
+class Window:
+    """A concrete window as AMC receives it. ``start``/``end`` are local, naive."""
+
+    type: str
+    start: datetime | None = None
+    end: datetime | None = None
+    time_zone: str | None = None
+
+    def amc_fields(self) -> dict[str, str]:
+        fields = {"timeWindowType": self.type}
+        if self.start is not None and self.end is not None:
+            fields["timeWindowStart"] = format_amc_time(self.start)
+            fields["timeWindowEnd"] = format_amc_time(self.end)
+
+        if self.time_zone is not None:
+            fields["timeWindowTimeZone"] = self.time_zone
+
+        return fields
+
+    @classmethod
+    def from_amc_fields(cls, fields: Mapping[str, Any]) -> Window:
+        start = fields.get("timeWindowStart")
+        end = fields.get("timeWindowEnd")
+        return cls(
+            type=str(fields.get("timeWindowType") or "MOST_RECENT_DAY"),
+            start=parse_amc_time(start) if start else None,
+            end=parse_amc_time(end) if end else None,
+            time_zone=fields.get("timeWindowTimeZone"),
+        )
+
+    def utc_bounds(self) -> tuple[datetime, datetime] | None:
+        """The window's bounds as aware UTC instants, when it has bounds."""
+        if self.start is None or self.end is None:
+            return None
+
+        tz = zone(self.time_zone or "UTC")
+        return (
+            self.start.replace(tzinfo=tz).astimezone(UTC),
+            self.end.replace(tzinfo=tz).astimezone(UTC),
+        )
+
+    def describe(self) -> str:
+        if self.start is None or self.end is None:
+            return self.type
+
+        return (
+            f"{format_amc_time(self.start)} to {format_amc_time(self.end)}"
+            f" {self.time_zone or 'UTC'}"
+        )
+
+
+def _month_start(year: int, month: int, offset: int) -> date:
+    index = year * 12 + (month - 1) + offset
+    return date(index // 12, index % 12 + 1, 1)
+
+
+def _expression_date(name: str, offset: int, today: date) -> date:
+    if name == "TODAY":
+        return today + timedelta(days=offset)
+
+    first = _month_start(today.year, today.month, offset)
+    if name == "FIRSTDAYOFOFFSETMONTH":
+        return first
+
+    last_day = calendar.monthrange(first.year, first.month)[1]
+    return first.replace(day=last_day)
+
+
+def expand_expressions(text: str, at: datetime, time_zone: str) -> str:
+    """Replace every date expression in ``text`` by its AMC time at ``at``.
+
+    ``TODAY(-1)`` is yesterday at midnight in ``time_zone``;
+    ``FIRSTDAYOFOFFSETMONTH(-1)`` and ``LASTDAYOFOFFSETMONTH(-1)`` are the first
+    and last day of last month, also at midnight.
+    """
+    today = at.astimezone(zone(time_zone)).date()
+
+    def replace(match: re.Match[str]) -> str:
+        day = _expression_date(match.group(1).upper(), int(match.group(2) or 0), today)
+        return format_amc_time(datetime.combine(day, datetime.min.time()))
+
+    return _EXPRESSION.sub(replace, text)
+
+
+def resolve_parameters(
+    parameters: Mapping[str, Any], at: datetime, time_zone: str
+) -> dict[str, Any]:
+    """Parameter values with their date expressions expanded, recursively."""
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            return expand_expressions(value, at, time_zone)
+
+        if isinstance(value, list):
+            return [walk(item) for item in value]
+
+        if isinstance(value, dict):
+            return {key: walk(item) for key, item in value.items()}
+
+        return value
+
+    return {key: walk(value) for key, value in parameters.items()}
+
+
+def _align_down(moment: datetime, align: str) -> datetime:
+    moment = moment.replace(microsecond=0)
+    if align == "none":
+        return moment
+
+    moment = moment.replace(minute=0, second=0)
+    if align == "hour":
+        return moment
+
+    moment = moment.replace(hour=0)
+    if align == "day":
+        return moment
+
+    if align == "week":
+        return moment - timedelta(days=moment.weekday())
+
+    return moment.replace(day=1)
+
+
+def _is_whole_days(delta: timedelta) -> bool:
+    return delta.total_seconds() % 86400 == 0
+
+
+def _subtract(end_local: datetime, length: timedelta, tz: ZoneInfo) -> datetime:
+    """``end_local - length``: by the calendar for whole days, else in real time."""
+    if _is_whole_days(length):
+        return end_local - length
+
+    absolute = end_local.replace(tzinfo=tz).astimezone(UTC) - length
+    return absolute.astimezone(tz).replace(tzinfo=None)
+
+
+def resolve_relative(rule: RelativeWindowRule, at: datetime) -> Window:
+    tz = zone(rule.time_zone)
+    available = (at.astimezone(UTC) - rule.lag).astimezone(tz).replace(tzinfo=None)
+    end = _align_down(available, rule.align)
+    start = _subtract(end, rule.last, tz)
+    return Window("EXPLICIT", start, end, rule.time_zone)
+
+
+def resolve(rule: WindowRule, at: datetime) -> Window:
+    """The concrete window of ``rule`` for a run created at ``at`` (aware)."""
+    if at.tzinfo is None:
+        raise ValueError("resolve() needs an aware datetime")
+
+    if isinstance(rule, RelativeWindowRule):
+        return resolve_relative(rule, at)
+
+    if isinstance(rule, ExplicitWindowRule):
+        start = parse_amc_time(expand_expressions(rule.start, at, rule.time_zone))
+        end = parse_amc_time(expand_expressions(rule.end, at, rule.time_zone))
+        if start >= end:
+            raise ValueError(
+                f"window {rule.start} to {rule.end} is empty at {at.isoformat()}"
+            )
+
+        return Window("EXPLICIT", start, end, rule.time_zone)
+
+    return Window(rule.type, time_zone=rule.time_zone)
+
+
+def explicit(start: datetime, end: datetime, time_zone: str = "UTC") -> Window:
+    """An explicit window; ``start`` and ``end`` are naive local times."""
+    zone(time_zone)
+    if start >= end:
+        raise ValueError("start must be before end")
+
+    return Window(
+        "EXPLICIT",
+        start.replace(microsecond=0),
+        end.replace(microsecond=0),
+        time_zone,
+    )
+
+
+def tumbling(
+    start: datetime, end: datetime, step: timedelta, time_zone: str = "UTC"
+) -> Iterator[Window]:
+    """Consecutive windows of ``step`` from ``start`` up to ``end``.
+
+    Whole-day steps follow the calendar of ``time_zone``, so a week stays seven
+    local days across a daylight-saving change. The last window is cut at
+    ``end`` when ``step`` does not divide the range.
+    """
+    if step <= timedelta(0):
+        raise ValueError("step must be positive")
+
+    if start >= end:
+        raise ValueError("--from must be before --to")
+
+    tz = zone(time_zone)
+    cursor = start
+    while cursor < end:
+        if _is_whole_days(step):
+            following = cursor + step
+        else:
+            absolute = cursor.replace(tzinfo=tz).astimezone(UTC) + step
+            following = absolute.astimezone(tz).replace(tzinfo=None)
+
+        yield explicit(cursor, min(following, end), time_zone)
+        cursor = following
