@@ -1,0 +1,1 @@
+"""Alembic migrations of the scheduler's tables (installed as scheduler.migrations)."""
