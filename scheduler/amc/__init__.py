@@ -1,0 +1,1 @@
+"""The AMC side: authentication, the API client, error classes and a simulator."""
