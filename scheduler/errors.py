@@ -27,5 +27,5 @@ class NotFound(SchedulerError, LookupError):
     """No such job or run."""
 
 
-class InvalidRequest(SchedulerError, ValueError):
-    """A request (CLI, API) is malformed or refers to things that do not exist."""
+class InvalidInput(SchedulerError, ValueError):
+    """A request (CLI, API) is malformed or asks for something impossible."""

@@ -118,6 +118,9 @@ class Run(Base):
     message: Mapped[str | None]
     lease_owner: Mapped[str | None]
     lease_expires_at: Mapped[datetime | None]
+    # When the current `submitting` lease began: a create may have reached AMC
+    # at any moment after it.
+    claimed_at: Mapped[datetime | None]
     # Set after a create call ended ambiguously (or its process died): before
     # creating again, look for an execution created since then and adopt it.
     lookup_since: Mapped[datetime | None]
@@ -190,6 +193,10 @@ class Attempt(Base):
     submitted_at: Mapped[datetime] = mapped_column(server_default=_NOW)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # AMC's own clock: createTime, and lastUpdatedTime once terminal. Their
+    # difference is how long the execution held its slot.
+    amc_create_time: Mapped[datetime | None]
+    amc_end_time: Mapped[datetime | None]
 
     __table_args__ = (
         UniqueConstraint("run_id", "number"),
