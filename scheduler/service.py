@@ -6,17 +6,25 @@ import asyncio
 import os
 import signal
 import socket
+import sys
 import uuid
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy import func, insert, update
 
 from . import __version__
+from .amc.auth import Credentials
+from .amc.client import AmcClient, build_client
+from .amc.simulator import Simulator, SimulatorServer, options_from_settings
 from .config import LoadedConfig, Settings, database_url
+from .dispatcher import Dispatcher
 from .health import HealthCheck
 from .logs import get_logger, redactor
+from .metrics import Metrics
+from .schedules import enqueue_startup_jobs
 from .store import Database
 from .store.engine import describe
 from .store.migrate import upgrade
@@ -40,12 +48,78 @@ def open_database(settings: Settings) -> Database:
     )
 
 
+@dataclass(frozen=True)
+class AmcEndpoint:
+    api_url: str
+    token_url: str
+    credentials: Credentials
+
+
+def endpoint(settings: Settings, simulator: SimulatorServer | None) -> AmcEndpoint:
+    """Where AMC is: the configured API, or the in-process simulator."""
+    amc = settings.amc
+    if simulator is not None:
+        options = simulator.simulator.options
+        return AmcEndpoint(
+            simulator.url,
+            simulator.token_url,
+            Credentials(
+                options.client_id, options.client_secret, options.refresh_token
+            ),
+        )
+
+    assert amc.client_id is not None
+    assert amc.client_secret is not None
+    assert amc.refresh_token is not None
+    return AmcEndpoint(
+        amc.api_url,
+        amc.token_url,
+        Credentials(
+            amc.client_id,
+            amc.client_secret.get_secret_value(),
+            amc.refresh_token.get_secret_value(),
+        ),
+    )
+
+
+def open_client(
+    settings: Settings, where: AmcEndpoint, metrics: Metrics | None = None
+) -> AmcClient:
+    amc = settings.amc
+    return build_client(
+        api_url=where.api_url,
+        token_url=where.token_url,
+        credentials=where.credentials,
+        timeout=amc.timeout.total_seconds(),
+        max_connections=amc.max_connections,
+        requests_per_second=amc.requests_per_second,
+        burst=amc.burst,
+        observer=metrics.observe_amc if metrics is not None else None,
+    )
+
+
+async def start_simulator(
+    settings: Settings, stack: AsyncExitStack
+) -> SimulatorServer | None:
+    if not settings.amc.uses_simulator:
+        return None
+
+    options = options_from_settings(settings.amc.simulator, settings.accounts)
+    server = SimulatorServer(Simulator(options))
+    await server.start()
+    stack.push_async_callback(server.stop)
+    log.info("simulator_started", url=server.url, speed=options.speed)
+    return server
+
+
 class Service:
     def __init__(self, loaded: LoadedConfig) -> None:
         self.loaded = loaded
         self.settings = loaded.settings
         self.worker_id = new_worker_id()
         self.db = open_database(self.settings)
+        self.metrics = Metrics()
+        self.dispatcher: Dispatcher | None = None
         self._stop = asyncio.Event()
         self.http_port: int | None = None
         redactor.add(self.settings.secrets())
@@ -82,8 +156,7 @@ class Service:
                 .values(stopped_at=func.now())
             )
 
-    async def _start_http(self, stack: AsyncExitStack) -> None:
-        health = HealthCheck(self.db, lambda: self.settings, self.worker_id)
+    async def _start_http(self, stack: AsyncExitStack, health: HealthCheck) -> None:
         runner = web.AppRunner(create_app(health), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
@@ -103,10 +176,23 @@ class Service:
             await upgrade(self.db)
             await self._register_worker()
             stack.push_async_callback(self._retire_worker)
-            await self._start_http(stack)
+            simulator = await start_simulator(self.settings, stack)
+            client = open_client(
+                self.settings, endpoint(self.settings, simulator), self.metrics
+            )
+            stack.push_async_callback(client.close)
+            self.dispatcher = Dispatcher(
+                self.db, client, self.settings, self.worker_id, self.metrics
+            )
+            health = HealthCheck(
+                self.db, lambda: self.settings, self.worker_id, self.dispatcher
+            )
+            await self._start_http(stack, health)
+            await enqueue_startup_jobs(self.db, self.settings, self.worker_id)
             log.info(
                 "service_started",
                 version=__version__,
+                python=sys.version.split()[0],
                 worker_id=self.worker_id,
                 config=self.loaded.name,
                 database=describe(self.db.url) if self.db.url else None,
@@ -116,7 +202,7 @@ class Service:
                 instances=sum(1 for _ in self.settings.instances()),
                 jobs=len(self.settings.jobs),
             )
-            await self._stop.wait()
+            await self.dispatcher.run(self._stop)
             log.info("service_stopping", worker_id=self.worker_id)
 
         log.info("service_stopped", worker_id=self.worker_id)

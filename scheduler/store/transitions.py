@@ -23,6 +23,7 @@ from sqlalchemy import (
     insert,
     literal,
     select,
+    text,
     update,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -38,7 +39,7 @@ from .models import (
     external_executions,
     runs,
 )
-from .queue import set_pause
+from .queue import NOTIFY_CHANNEL, set_pause
 from .records import RunRecord
 
 NON_TERMINAL = tuple(state for state in RunState if state not in TERMINAL_STATES)
@@ -204,6 +205,14 @@ async def record_submitted(
             delete(external_executions).where(
                 external_executions.c.execution_id == execution_id
             )
+        )
+        # Tells the instance's poller (in whichever process) when to look.
+        await conn.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {
+                "channel": NOTIFY_CHANNEL,
+                "payload": f"submitted:{run.instance_id}:{run.job}",
+            },
         )
 
     return updated

@@ -46,7 +46,7 @@ async def held(db: Database) -> dict[str, int]:
             .where(runs.c.state.in_(["submitting", "pending", "running"]))
             .group_by(runs.c.instance_id)
         )
-        return {instance: n for instance, n in rows}
+        return dict(rows.all())
 
 
 async def history(db: Database, run_id: int) -> list[tuple[str | None, str, str]]:
