@@ -8,6 +8,7 @@ prints one line on stderr and exits 1; the traceback goes to the debug log
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
@@ -192,3 +193,63 @@ def check_config(file: Path) -> None:
     click.echo(f"jobs: {len(settings.jobs)}")
     for line in _describe_schedule(loaded, now):
         click.echo(line)
+
+
+async def _serve_until_signal(coro: Coroutine[Any, Any, None]) -> None:
+    """Run a server coroutine until SIGTERM or SIGINT, then let it clean up."""
+    import signal
+
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, task.cancel)
+
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+@main.command()
+@config_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=8600, show_default=True, help="Port (0: any free).")
+@click.option("--speed", type=float, help="Simulated seconds per real second.")
+@click.option("--seed", type=int, help="Seed of every random draw.")
+@click.option("--failure-rate", type=float, help="Share of executions that fail.")
+@click.pass_context
+@handled
+def simulate(
+    ctx: click.Context,
+    config_path: str | None,
+    host: str,
+    port: int,
+    speed: float | None,
+    seed: int | None,
+    failure_rate: float | None,
+) -> None:
+    """Serve the AMC simulator and its token endpoint over HTTP.
+
+    With --config, accounts, limits and the amc.simulator section come from
+    the file. Its credentials are client id sim-client-id, secret
+    sim-client-secret, refresh token Atzr|sim-refresh-token.
+    """
+    from dataclasses import replace
+
+    from .amc.simulator import SimulatorOptions, options_from_settings, serve
+
+    options = SimulatorOptions()
+    if config_path:
+        settings = _load(config_path).settings
+        options = options_from_settings(settings.amc.simulator, settings.accounts)
+
+    if speed is not None:
+        options = replace(options, speed=speed)
+
+    if seed is not None:
+        options = replace(options, seed=seed)
+
+    if failure_rate is not None:
+        options = replace(options, failure_rate=failure_rate)
+
+    level = "debug" if ctx.obj["debug"] else "info"
+    logs.configure(level=level)
+    run_async(_serve_until_signal(serve(options, host, port)))

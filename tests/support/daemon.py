@@ -54,10 +54,12 @@ class Daemon:
         config: Path,
         env: dict[str, str] | None = None,
         args: tuple[str, ...] = (),
+        command: tuple[str, ...] = ("run",),
     ) -> None:
         self.config = config
         self.env = {**os.environ, **(env or {})}
         self.args = args
+        self.command = command
         self.events: list[Event] = []
         self.raw: list[str] = []
         self._changed = threading.Condition()
