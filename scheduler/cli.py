@@ -20,7 +20,7 @@ import click
 
 from . import __version__, logs
 from .config import LoadedConfig, load, next_fire_times
-from .errors import ConfigError, SchedulerError
+from .errors import ConfigError, InvalidInput, SchedulerError
 
 log = logs.get_logger(__name__)
 P = ParamSpec("P")
@@ -253,3 +253,341 @@ def simulate(
     level = "debug" if ctx.obj["debug"] else "info"
     logs.configure(level=level)
     run_async(_serve_until_signal(serve(options, host, port)))
+
+
+# Commands that work on the queue from the same config
+
+
+def _open_and_migrate(loaded: LoadedConfig) -> Any:
+    from .service import open_database
+    from .store.migrate import upgrade
+
+    async def go() -> Any:
+        db = open_database(loaded.settings)
+        await db.open()
+        try:
+            await upgrade(db)
+        except BaseException:
+            await db.close()
+            raise
+
+        return db
+
+    return go()
+
+
+def _with_db(loaded: LoadedConfig, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+    async def go() -> T:
+        db = await _open_and_migrate(loaded)
+        try:
+            return await work(db)
+        finally:
+            await db.close()
+
+    return run_async(go())
+
+
+def _parameters(values: tuple[str, ...]) -> dict[str, Any]:
+    """``k=v`` pairs; each value is read as YAML (numbers, booleans, lists)."""
+    import yaml
+
+    found: dict[str, Any] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise InvalidInput(f"--param {item!r}: expected NAME=VALUE")
+
+        try:
+            found[key] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            found[key] = raw
+
+    return found
+
+
+def _describe_run(run: Any) -> str:
+    from .operations import window_of
+
+    window = window_of(run)
+    if "start" in window:
+        span = f"{window['start']} to {window['end']} {window.get('time_zone', 'UTC')}"
+    else:
+        span = str(window["type"])
+
+    return f"run {run.id} ({run.job}, {span}): {run.state}"
+
+
+@main.command()
+@config_option
+@click.argument("job")
+@click.option(
+    "--start", help="Window start: 2026-05-01, 2026-05-01T06:00:00 or TODAY(-7)."
+)
+@click.option("--end", help="Window end (exclusive), same forms as --start.")
+@click.option("--time-zone", help="Zone of --start/--end (default: the job's).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Parameter value; repeatable.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the run as JSON.")
+@handled
+def enqueue(
+    config_path: str | None,
+    job: str,
+    start: str | None,
+    end: str | None,
+    time_zone: str | None,
+    params: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Queue a run of JOB (its own window, or --start/--end)."""
+    import json
+
+    from .operations import enqueue_job, run_json
+
+    loaded = _load(config_path)
+    if (start is None) != (end is None):
+        raise InvalidInput("give both --start and --end, or neither")
+
+    window = None
+    if start is not None:
+        window = {"start": start, "end": end}
+        if time_zone:
+            window["time_zone"] = time_zone
+
+    parameters = _parameters(params)
+    result = _with_db(
+        loaded,
+        lambda db: enqueue_job(
+            db, loaded.settings, job, window=window, parameters=parameters, source="cli"
+        ),
+    )
+    if as_json:
+        click.echo(json.dumps({"run": run_json(result.run), "created": result.created}))
+    elif result.created:
+        click.echo(f"queued {_describe_run(result.run)}")
+    else:
+        click.echo(f"already there: {_describe_run(result.run)}")
+
+
+@main.command()
+@config_option
+@click.argument("job")
+@click.option("--from", "start", required=True, help="First window start: 2026-01-01.")
+@click.option("--to", "end", required=True, help="End of the last window (exclusive).")
+@click.option("--step", required=True, help="Window length: 1d, 7d, 12h.")
+@click.option("--time-zone", help="Zone of the windows (default: the job's).")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Parameter value; repeatable.",
+)
+@handled
+def backfill(
+    config_path: str | None,
+    job: str,
+    start: str,
+    end: str,
+    step: str,
+    time_zone: str | None,
+    params: tuple[str, ...],
+) -> None:
+    """Queue tumbling windows of JOB from --from to --to, each deduplicated."""
+    from .durations import parse_duration
+    from .operations import backfill as backfill_runs
+    from .operations import parse_moment
+    from .windows import zone
+
+    loaded = _load(config_path)
+    try:
+        length = parse_duration(step)
+    except ValueError as exc:
+        raise InvalidInput(f"--step: {exc}") from None
+
+    if time_zone:
+        try:
+            zone(time_zone)
+        except ValueError as exc:
+            raise InvalidInput(f"--time-zone: {exc}") from None
+
+    first, last = parse_moment(start, "--from"), parse_moment(end, "--to")
+    parameters = _parameters(params)
+    results = _with_db(
+        loaded,
+        lambda db: backfill_runs(
+            db,
+            loaded.settings,
+            job,
+            start=first,
+            end=last,
+            step=length,
+            parameters=parameters,
+            time_zone=time_zone,
+        ),
+    )
+    created = sum(r.created for r in results)
+    click.echo(
+        f"{len(results)} windows: {created} queued,"
+        f" {len(results) - created} already there"
+    )
+    for result in results:
+        mark = "+" if result.created else "="
+        click.echo(f"  {mark} {_describe_run(result.run)}")
+
+
+def _table(rows: list[list[str]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return [
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+        for row in rows
+    ]
+
+
+@main.command()
+@config_option
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the health document as JSON."
+)
+@handled
+def status(config_path: str | None, as_json: bool) -> None:
+    """Queue depth per state and slots in use per instance and account."""
+    import json
+
+    from .health import HealthCheck
+
+    loaded = _load(config_path)
+
+    async def read(db: Any) -> dict[str, Any]:
+        report = await HealthCheck(db, lambda: loaded.settings, "cli").report()
+        return report.document
+
+    document = _with_db(loaded, read)
+    if as_json:
+        click.echo(json.dumps(document, indent=2))
+        return
+
+    queue = document["queue"]
+    click.echo(
+        f"status {document['status']}, database {document['database']['status']}"
+    )
+    click.echo(
+        "queue: " + ", ".join(f"{state} {count}" for state, count in queue.items())
+    )
+    click.echo("")
+    rows = [["INSTANCE", "ACCOUNT", "IN FLIGHT", "LIMIT", "OUTSIDE"]]
+    rows += [
+        [
+            i["id"],
+            i["account"],
+            str(i["in_flight"]),
+            str(i["limit"]),
+            str(i["external"]),
+        ]
+        for i in document["instances"]
+    ]
+    for line in _table(rows):
+        click.echo(line)
+
+    click.echo("")
+    rows = [["ACCOUNT", "IN FLIGHT", "LIMIT"]]
+    rows += [
+        [a["id"], str(a["in_flight"]), str(a["limit"])] for a in document["accounts"]
+    ]
+    for line in _table(rows):
+        click.echo(line)
+
+
+@main.command()
+@config_option
+@click.option("--job", help="Only this job's runs.")
+@click.option(
+    "--state", "states", multiple=True, help="Only runs in this state; repeatable."
+)
+@click.option("--limit", default=20, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per run.")
+@handled
+def history(
+    config_path: str | None,
+    job: str | None,
+    states: tuple[str, ...],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """Recent runs, newest first, with state, window, attempts and outcome."""
+    import json
+
+    from .operations import duration_seconds, run_json, window_of
+    from .store import RunState
+    from .store.history import list_runs
+
+    known = {state.value for state in RunState}
+    for state in states:
+        if state not in known:
+            raise InvalidInput(
+                f"--state: unknown {state!r} (known: {', '.join(sorted(known))})"
+            )
+
+    loaded = _load(config_path)
+    page = _with_db(
+        loaded, lambda db: list_runs(db, job=job, states=list(states), limit=limit)
+    )
+    if as_json:
+        for run in page.runs:
+            click.echo(json.dumps(run_json(run)))
+
+        return
+
+    if not page.runs:
+        click.echo("no runs")
+        return
+
+    rows = [
+        ["RUN", "JOB", "STATE", "WINDOW", "ATTEMPT", "CREATED", "DURATION", "REASON"]
+    ]
+    for run in page.runs:
+        window = window_of(run)
+        span = (
+            f"{window['start']}..{window['end']}"
+            if "start" in window
+            else window["type"]
+        )
+        seconds = duration_seconds(run)
+        rows.append(
+            [
+                str(run.id),
+                run.job,
+                run.state,
+                str(span),
+                f"{run.attempt}/{run.max_attempts}",
+                run.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                "" if seconds is None else f"{seconds:.0f}s",
+                run.reason or "",
+            ]
+        )
+
+    for line in _table(rows):
+        click.echo(line)
+
+
+@main.command()
+@config_option
+@click.argument("run_id", type=int)
+@handled
+def cancel(config_path: str | None, run_id: int) -> None:
+    """Cancel RUN_ID: at once when queued; a submitted run is cancelled at AMC
+    by the running daemon (PUT), then marked cancelled."""
+    from .operations import request_cancellation
+
+    loaded = _load(config_path)
+    run = _with_db(loaded, lambda db: request_cancellation(db, run_id))
+    if run.state == "cancelled":
+        click.echo(f"cancelled {_describe_run(run)}")
+    else:
+        click.echo(
+            f"cancel requested: {_describe_run(run)}; the daemon cancels it at AMC"
+        )

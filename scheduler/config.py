@@ -188,6 +188,7 @@ class DispatcherSettings(_Section):
     lookback: PositiveDuration = timedelta(hours=24)
     shutdown_timeout: PositiveDuration = timedelta(seconds=20)
     stall_after: PositiveDuration = timedelta(minutes=2)
+    lost_after: PositiveDuration = timedelta(minutes=10)
 
     @model_validator(mode="after")
     def _bounds(self) -> DispatcherSettings:

@@ -350,6 +350,8 @@ class Dispatcher:
         if kind == "submitted":
             instance_id, _, job = rest.partition(":")
             self.poller.expect(instance_id, job)
+        elif kind == "cancel":
+            self.poller.poke(rest)
         else:
             self.rt.wake_admission.set()
 

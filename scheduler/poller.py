@@ -47,8 +47,6 @@ log = get_logger(__name__)
 
 LIST_MARGIN = timedelta(minutes=5)
 LIST_PAGE = 100
-# An execution AMC can no longer show is given up after this long.
-LOST_AFTER = 600.0
 # Past its own timeout an execution is cancelled and its run failed.
 TIMEOUT_GRACE = timedelta(minutes=10)
 
@@ -229,8 +227,16 @@ class Poller:
                 ref, run.instance_id, run.execution_id
             )
         except AmcNotFound:
+            if run.execution_id not in state.missing:
+                log.warning(
+                    "execution_missing",
+                    run_id=run.id,
+                    instance_id=run.instance_id,
+                    execution_id=run.execution_id,
+                )
+
             first = state.missing.setdefault(run.execution_id, time.monotonic())
-            if time.monotonic() - first < LOST_AFTER:
+            if time.monotonic() - first < self.rt.config.lost_after.total_seconds():
                 return None
 
             state.missing.pop(run.execution_id, None)

@@ -64,12 +64,15 @@ def window_matches(request: Mapping[str, Any], execution: Execution) -> bool:
 
     window = Window.from_amc_fields(request)
     if execution.window_start_original and execution.window_end_original:
-        zone = execution.time_zone_original or "UTC"
-        return (
-            execution.window_start_original == request.get("timeWindowStart")
-            and execution.window_end_original == request.get("timeWindowEnd")
-            and zone == (request.get("timeWindowTimeZone") or "UTC")
-        )
+        original = (execution.window_start_original, execution.window_end_original)
+        if original != (request.get("timeWindowStart"), request.get("timeWindowEnd")):
+            return False
+
+        if execution.time_zone_original is not None:
+            zone = request.get("timeWindowTimeZone") or "UTC"
+            return execution.time_zone_original == zone
+
+        # The same local bounds without a zone: the UTC bounds, if shown, decide.
 
     bounds = window.utc_bounds()
     if bounds is None or execution.window_start is None or execution.window_end is None:

@@ -19,17 +19,18 @@ from . import __version__
 from .amc.auth import Credentials
 from .amc.client import AmcClient, build_client
 from .amc.simulator import Simulator, SimulatorServer, options_from_settings
-from .config import LoadedConfig, Settings, database_url
-from .dispatcher import Dispatcher
+from .config import LoadedConfig, Settings, database_url, load
+from .dispatcher import Dispatcher, cancel_run
+from .errors import ConfigError, SchedulerError
 from .health import HealthCheck
 from .logs import get_logger, redactor
 from .metrics import Metrics
-from .schedules import enqueue_startup_jobs
+from .schedules import Schedules, enqueue_startup_jobs
 from .store import Database
 from .store.engine import describe
 from .store.migrate import upgrade
 from .store.models import workers
-from .web import create_app
+from .web import WebContext, create_app
 
 log = get_logger(__name__)
 
@@ -120,7 +121,9 @@ class Service:
         self.db = open_database(self.settings)
         self.metrics = Metrics()
         self.dispatcher: Dispatcher | None = None
+        self.schedules: Schedules | None = None
         self._stop = asyncio.Event()
+        self._reloading: asyncio.Task[bool] | None = None
         self.http_port: int | None = None
         redactor.add(self.settings.secrets())
 
@@ -132,6 +135,53 @@ class Service:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_stop_signal, signum)
             stack.callback(loop.remove_signal_handler, signum)
+
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        stack.callback(loop.remove_signal_handler, signal.SIGHUP)
+
+    def _on_reload_signal(self) -> None:
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.create_task(self.reload(), name="reload")
+
+    async def reload(self) -> bool:
+        """Re-read the config file; an invalid one is refused, the old one kept."""
+        try:
+            loaded = load(self.loaded.path)
+        except ConfigError as error:
+            log.error(
+                "config_reload_refused", config=self.loaded.name, errors=error.problems
+            )
+            return False
+
+        new = loaded.settings
+        restart = [
+            section
+            for section in ("database", "amc", "server", "logging")
+            if getattr(new, section) != getattr(self.settings, section)
+        ]
+        redactor.add(new.secrets())
+        self.loaded, self.settings = loaded, new
+        if self.dispatcher is not None:
+            self.dispatcher.reload(new)
+
+        if self.schedules is not None:
+            await self.schedules.reload(new)
+
+        await enqueue_startup_jobs(self.db, new, self.worker_id, self._learned())
+        log.info(
+            "config_reloaded",
+            config=loaded.name,
+            jobs=len(new.jobs),
+            accounts=len(new.accounts),
+            needs_restart=restart,
+        )
+        return True
+
+    def _learned(self) -> dict[str, float]:
+        if self.dispatcher is None:
+            return {}
+
+        return {job: model.median for job, model in self.dispatcher.rt.models.items()}
 
     def _on_stop_signal(self, signum: int) -> None:
         log.info("stop_requested", signal=signal.Signals(signum).name)
@@ -156,12 +206,19 @@ class Service:
                 .values(stopped_at=func.now())
             )
 
-    async def _start_http(self, stack: AsyncExitStack, health: HealthCheck) -> None:
-        runner = web.AppRunner(create_app(health), access_log=None)
+    async def _start_http(self, stack: AsyncExitStack, context: WebContext) -> None:
+        runner = web.AppRunner(create_app(context), access_log=None)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        site = web.TCPSite(runner, self.settings.server.host, self.settings.server.port)
-        await site.start()
+        server = self.settings.server
+        site = web.TCPSite(runner, server.host, server.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise SchedulerError(
+                f"server: cannot listen on {server.host}:{server.port}:"
+                f" {exc.strerror or exc} (set server.port, or stop what uses it)"
+            ) from None
         address: Any = runner.addresses[0]
         self.http_port = int(address[1])
         log.info(
@@ -187,8 +244,22 @@ class Service:
             health = HealthCheck(
                 self.db, lambda: self.settings, self.worker_id, self.dispatcher
             )
-            await self._start_http(stack, health)
+            runtime = self.dispatcher.rt
+            context = WebContext(
+                db=self.db,
+                settings=lambda: self.settings,
+                health=health,
+                metrics=self.metrics,
+                cancel=lambda run_id: cancel_run(runtime, run_id),
+                worker_id=self.worker_id,
+            )
+            await self._start_http(stack, context)
             await enqueue_startup_jobs(self.db, self.settings, self.worker_id)
+            self.schedules = Schedules(
+                self.db, self.settings, self.worker_id, learned=self._learned
+            )
+            await self.schedules.start()
+            stack.callback(self.schedules.stop)
             log.info(
                 "service_started",
                 version=__version__,

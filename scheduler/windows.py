@@ -11,6 +11,14 @@ A rule is one of:
 AMC reads ``timeWindowStart`` and ``timeWindowEnd`` as local times in
 ``timeWindowTimeZone``, and the end behaves as exclusive, so every window
 here is half-open: ``[start, end)``.
+
+A wall-clock time names one instant the way java.time reads it: a time
+repeated when the clocks go back is its first occurrence, and a time the
+clocks skip moves forward by the gap (Python's ``fold=0`` gives the same
+instants). Whole-day windows count local calendar days, so a day across a
+daylight-saving change is 23 or 25 hours long; windows measured in hours
+are real hours. A bound in the second pass through a repeated hour has no
+wall-clock name in its zone, so such a window is given in UTC instead.
 """
 
 from __future__ import annotations
@@ -50,6 +58,7 @@ _EXPRESSION = re.compile(
     re.IGNORECASE,
 )
 _WINDOW_TYPE = re.compile(r"[A-Z][A-Z_]*")
+_UTC = ZoneInfo("UTC")
 
 
 def zone(name: str) -> ZoneInfo:
@@ -222,10 +231,7 @@ class Window:
             return None
 
         tz = zone(self.time_zone or "UTC")
-        return (
-            self.start.replace(tzinfo=tz).astimezone(UTC),
-            self.end.replace(tzinfo=tz).astimezone(UTC),
-        )
+        return _instant(self.start, tz), _instant(self.end, tz)
 
     def describe(self) -> str:
         if self.start is None or self.end is None:
@@ -290,6 +296,16 @@ def resolve_parameters(
     return {key: walk(value) for key, value in parameters.items()}
 
 
+def _local(instant: datetime, tz: ZoneInfo) -> datetime:
+    """The naive wall-clock time of an aware instant; ``fold`` marks a repeat."""
+    return instant.astimezone(tz).replace(tzinfo=None)
+
+
+def _instant(local: datetime, tz: ZoneInfo) -> datetime:
+    """The UTC instant AMC reads for the wall-clock time ``local`` in ``tz``."""
+    return local.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
 def _align_down(moment: datetime, align: str) -> datetime:
     moment = moment.replace(microsecond=0)
     if align == "none":
@@ -299,7 +315,8 @@ def _align_down(moment: datetime, align: str) -> datetime:
     if align == "hour":
         return moment
 
-    moment = moment.replace(hour=0)
+    # A day starts at the first occurrence of its midnight.
+    moment = moment.replace(hour=0, fold=0)
     if align == "day":
         return moment
 
@@ -309,25 +326,83 @@ def _align_down(moment: datetime, align: str) -> datetime:
     return moment.replace(day=1)
 
 
+def _hour_end(available: datetime, tz: ZoneInfo) -> datetime:
+    """The last whole hour the local clock showed at or before ``available``.
+
+    A naive local time, ``fold=1`` on the second pass of a repeated hour.
+    Where the offset changes by part of an hour (Chatham's 02:45), a whole
+    hour can lie inside the skipped or the repeated stretch, so each offset
+    in force lately is tried. An hour counts where the clock showed it, or
+    where AMC reads it as the moment the clock skipped it (Lord Howe's 02:00).
+    """
+    found: list[tuple[datetime, datetime]] = []
+    for moment in (available, available - timedelta(hours=3)):
+        offset = moment.astimezone(tz).utcoffset() or timedelta(0)
+        hour = (available + offset).replace(
+            tzinfo=None, minute=0, second=0, microsecond=0
+        )
+        at = (hour - offset).replace(tzinfo=UTC)
+        shown = _local(at, tz)
+        if shown == hour:
+            found.append((at, shown))
+        elif _instant(hour, tz) == at:
+            found.append((at, hour))
+
+    if not found:
+        return _hour_end(available - timedelta(hours=1), tz)
+
+    return max(found)[1]
+
+
+def _align_end(available: datetime, align: str, tz: ZoneInfo) -> datetime:
+    """The latest ``align`` boundary of the local clock at or before ``available``."""
+    if align == "hour":
+        return _hour_end(available, tz)
+
+    end = _align_down(_local(available, tz), align)
+    # A boundary inside a skipped stretch reads later than it: take the one before.
+    while _instant(end, tz) > available:
+        end = _align_down(end - timedelta(seconds=1), align)
+
+    return end
+
+
 def _is_whole_days(delta: timedelta) -> bool:
     return delta.total_seconds() % 86400 == 0
 
 
-def _subtract(end_local: datetime, length: timedelta, tz: ZoneInfo) -> datetime:
-    """``end_local - length``: by the calendar for whole days, else in real time."""
-    if _is_whole_days(length):
-        return end_local - length
+def _real_window(
+    start: datetime,
+    end: datetime,
+    start_at: datetime,
+    end_at: datetime,
+    time_zone: str,
+) -> Window:
+    """The window written ``start`` to ``end``, meant as ``start_at`` to ``end_at``.
 
-    absolute = end_local.replace(tzinfo=tz).astimezone(UTC) - length
-    return absolute.astimezone(tz).replace(tzinfo=None)
+    In UTC when AMC would read a bound as another instant: the second pass
+    through a repeated hour has the same wall-clock time as the first.
+    """
+    tz = zone(time_zone)
+    if _instant(start, tz) == start_at and _instant(end, tz) == end_at:
+        return explicit(start, end, time_zone)
+
+    return explicit(_local(start_at, _UTC), _local(end_at, _UTC), "UTC")
 
 
 def resolve_relative(rule: RelativeWindowRule, at: datetime) -> Window:
     tz = zone(rule.time_zone)
-    available = (at.astimezone(UTC) - rule.lag).astimezone(tz).replace(tzinfo=None)
-    end = _align_down(available, rule.align)
-    start = _subtract(end, rule.last, tz)
-    return Window("EXPLICIT", start, end, rule.time_zone)
+    end = _align_end(at.astimezone(UTC) - rule.lag, rule.align, tz)
+    end_at = end.replace(tzinfo=tz).astimezone(UTC)
+    if _is_whole_days(rule.last):
+        # Days by the local calendar: the same wall-clock time ``last`` days
+        # earlier, so a day across a daylight-saving change is 23 or 25 hours.
+        start = (end - rule.last).replace(fold=0)
+        return _real_window(start, end, _instant(start, tz), end_at, rule.time_zone)
+
+    # Hours are real time, counted back from the end's own pass of the clock.
+    start_at = end_at - rule.last
+    return _real_window(_local(start_at, tz), end, start_at, end_at, rule.time_zone)
 
 
 def resolve(rule: WindowRule, at: datetime) -> Window:
@@ -359,8 +434,8 @@ def explicit(start: datetime, end: datetime, time_zone: str = "UTC") -> Window:
 
     return Window(
         "EXPLICIT",
-        start.replace(microsecond=0),
-        end.replace(microsecond=0),
+        start.replace(microsecond=0, fold=0),
+        end.replace(microsecond=0, fold=0),
         time_zone,
     )
 
@@ -371,8 +446,10 @@ def tumbling(
     """Consecutive windows of ``step`` from ``start`` up to ``end``.
 
     Whole-day steps follow the calendar of ``time_zone``, so a week stays seven
-    local days across a daylight-saving change. The last window is cut at
-    ``end`` when ``step`` does not divide the range.
+    local days across a daylight-saving change; other steps are real time, so
+    the hour repeated when the clocks go back is a window of its own (in
+    UTC, the only way to name it). The last window is cut at ``end`` when
+    ``step`` does not divide the range.
     """
     if step <= timedelta(0):
         raise ValueError("step must be positive")
@@ -381,13 +458,18 @@ def tumbling(
         raise ValueError("--from must be before --to")
 
     tz = zone(time_zone)
-    cursor = start
-    while cursor < end:
-        if _is_whole_days(step):
+    if _is_whole_days(step):
+        cursor = start
+        while cursor < end:
             following = cursor + step
-        else:
-            absolute = cursor.replace(tzinfo=tz).astimezone(UTC) + step
-            following = absolute.astimezone(tz).replace(tzinfo=None)
+            yield explicit(cursor, min(following, end), time_zone)
+            cursor = following
 
-        yield explicit(cursor, min(following, end), time_zone)
-        cursor = following
+        return
+
+    cursor, cursor_at, stop_at = start, _instant(start, tz), _instant(end, tz)
+    while cursor_at < stop_at:
+        following_at = min(cursor_at + step, stop_at)
+        following = _local(following_at, tz)
+        yield _real_window(cursor, following, cursor_at, following_at, time_zone)
+        cursor, cursor_at = following, following_at

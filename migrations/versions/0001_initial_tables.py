@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises:
-Create Date: 2026-12-03 14:29:33.578216
+Create Date: 2026-12-03 14:54:49.600362
 """
 
 from __future__ import annotations
@@ -262,6 +262,26 @@ def upgrade() -> None:
     )
     op.create_index("ix_events_run_id_id", "events", ["run_id", "id"], unique=False)
     op.create_table(
+        "job_registry",
+        sa.Column("job", sa.Text(), nullable=False),
+        sa.Column(
+            "first_seen_at",
+            sa.DateTime(timezone=True),
+            server_default=sa.text("now()"),
+            nullable=False,
+        ),
+        sa.Column("schedule", sa.Text(), nullable=True),
+        sa.Column("schedule_since", sa.DateTime(timezone=True), nullable=True),
+        sa.Column("startup_run_id", sa.BigInteger(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["startup_run_id"],
+            ["runs.id"],
+            name=op.f("fk_job_registry_startup_run_id_runs"),
+            ondelete="SET NULL",
+        ),
+        sa.PrimaryKeyConstraint("job", name=op.f("pk_job_registry")),
+    )
+    op.create_table(
         "result_files",
         sa.Column("id", sa.BigInteger(), autoincrement=True, nullable=False),
         sa.Column("run_id", sa.BigInteger(), nullable=False),
@@ -304,31 +324,13 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("job", "fire_time", name=op.f("pk_schedule_fires")),
     )
-    op.create_table(
-        "startup_runs",
-        sa.Column("job", sa.Text(), nullable=False),
-        sa.Column("run_id", sa.BigInteger(), nullable=True),
-        sa.Column(
-            "created_at",
-            sa.DateTime(timezone=True),
-            server_default=sa.text("now()"),
-            nullable=False,
-        ),
-        sa.ForeignKeyConstraint(
-            ["run_id"],
-            ["runs.id"],
-            name=op.f("fk_startup_runs_run_id_runs"),
-            ondelete="SET NULL",
-        ),
-        sa.PrimaryKeyConstraint("job", name=op.f("pk_startup_runs")),
-    )
 
 
 def downgrade() -> None:
-    op.drop_table("startup_runs")
     op.drop_table("schedule_fires")
     op.drop_index("ix_result_files_run_id", table_name="result_files")
     op.drop_table("result_files")
+    op.drop_table("job_registry")
     op.drop_index("ix_events_run_id_id", table_name="events")
     op.drop_table("events")
     op.drop_index("ix_attempts_execution_id", table_name="attempts")

@@ -5,7 +5,7 @@ per AMC execution a run owned; ``events`` is the history of every state
 change. The other tables let any number of replicas share one database:
 ``leases`` (who polls an instance), ``pauses`` (an instance or account backing
 off after a limit error), ``external_executions`` (slots taken by executions
-started outside the scheduler), ``schedule_fires`` and ``startup_runs`` (each
+started outside the scheduler), ``schedule_fires`` and ``job_registry`` (each
 occurrence enqueued once), ``workers`` (one row per process start).
 """
 
@@ -254,16 +254,23 @@ class ScheduleFire(Base):
     created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
 
 
-class StartupRun(Base):
-    """A job without a schedule is enqueued at start-up once, ever."""
+class JobRecord(Base):
+    """What the database knows of each configured job, by name.
 
-    __tablename__ = "startup_runs"
+    ``startup_run_id``: an unscheduled job is enqueued at start-up once, ever.
+    ``schedule``/``schedule_since``: the cron expression last seen and since
+    when, so that catching up missed fires never reaches back before it.
+    """
+
+    __tablename__ = "job_registry"
 
     job: Mapped[str] = mapped_column(primary_key=True)
-    run_id: Mapped[int | None] = mapped_column(
+    first_seen_at: Mapped[datetime] = mapped_column(server_default=_NOW)
+    schedule: Mapped[str | None]
+    schedule_since: Mapped[datetime | None]
+    startup_run_id: Mapped[int | None] = mapped_column(
         BigInteger, ForeignKey("runs.id", ondelete="SET NULL")
     )
-    created_at: Mapped[datetime] = mapped_column(server_default=_NOW)
 
 
 class ExternalExecution(Base):
@@ -337,7 +344,7 @@ attempts = cast(Table, Attempt.__table__)
 events = cast(Table, Event.__table__)
 result_files = cast(Table, ResultFile.__table__)
 schedule_fires = cast(Table, ScheduleFire.__table__)
-startup_runs = cast(Table, StartupRun.__table__)
+job_registry = cast(Table, JobRecord.__table__)
 external_executions = cast(Table, ExternalExecution.__table__)
 leases = cast(Table, Lease.__table__)
 pauses = cast(Table, Pause.__table__)

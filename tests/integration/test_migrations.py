@@ -18,7 +18,7 @@ TABLES = {
     "events",
     "result_files",
     "schedule_fires",
-    "startup_runs",
+    "job_registry",
     "external_executions",
     "leases",
     "pauses",
