@@ -442,3 +442,23 @@ def test_round_trip_through_yaml_dump() -> None:
     document = base()
     again = yaml.safe_load(yaml.safe_dump(document))
     assert parse(again, "x.yaml") == parse(document, "x.yaml")
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commented production example validates once its variables are set."""
+    for name in (
+        "DATABASE_URL",
+        "AMC_CLIENT_ID",
+        "AMC_CLIENT_SECRET",
+        "AMC_REFRESH_TOKEN",
+        "AMC_SCHEDULER_API_TOKEN",
+    ):
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+
+    settings = load(REPO / "config" / "example.yaml").settings
+    assert settings.amc.api_url == "https://advertising-api.amazon.com"
+    assert [job.name for job in settings.jobs] == [
+        "weekly-path-to-purchase",
+        "adhoc-audience-overlap",
+    ]
+    assert settings.jobs[0].schedule == "0 6 * * MON"
