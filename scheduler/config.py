@@ -11,7 +11,7 @@ import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -30,7 +30,14 @@ from pydantic import (
 
 from .durations import PositiveDuration
 from .errors import ConfigError
-from .windows import AmcWindowRule, TimeZoneName, WindowRule, zone
+from .windows import (
+    AmcWindowRule,
+    TimeZoneName,
+    WindowRule,
+    resolve,
+    resolve_parameters,
+    zone,
+)
 
 SIMULATOR = "simulator"
 DATABASE_URL_ENV = "AMC_SCHEDULER_DATABASE_URL"
@@ -57,6 +64,9 @@ class DatabaseSettings(_Section):
     )
     pool_size: PositiveInt = 10
     connect_timeout: PositiveDuration = timedelta(seconds=10)
+    # Behind PgBouncer in transaction mode (before 1.21, or without
+    # max_prepared_statements): no cached, named prepared statements.
+    transaction_pooler: bool = False
 
 
 class FaultSettings(_Section):
@@ -73,10 +83,10 @@ class FaultSettings(_Section):
 class SimulatorSettings(_Section):
     """How the built-in AMC simulator behaves when ``amc.api_url: simulator``."""
 
-    speed: Annotated[float, Field(gt=0)] = 60.0
+    speed: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 60.0
     seed: int = 0
     duration: PositiveDuration = timedelta(minutes=20)
-    duration_sigma: Annotated[float, Field(ge=0)] = 0.3
+    duration_sigma: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.3
     failure_rate: Fraction = 0.0
     privacy_repeats: PositiveInt = 5
     token_lifetime: PositiveDuration = timedelta(hours=1)
@@ -89,7 +99,7 @@ class AmcSettings(_Section):
     client_id: Identifier | None = None
     client_secret: SecretStr | None = None
     refresh_token: SecretStr | None = None
-    requests_per_second: Annotated[float, Field(gt=0)] = 5.0
+    requests_per_second: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
     burst: PositiveInt = 20
     timeout: PositiveDuration = timedelta(seconds=30)
     max_connections: PositiveInt = 32
@@ -102,7 +112,7 @@ class AmcSettings(_Section):
     @field_validator("api_url", "token_url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if value != SIMULATOR and not re.match(r"^https?://[^\s/]+", value):
+        if value != SIMULATOR and not re.fullmatch(r"https?://[^\s/]+(/\S*)?", value):
             raise ValueError(f"expected an http(s) URL or {SIMULATOR!r}, got {value!r}")
 
         return value.rstrip("/")
@@ -178,6 +188,9 @@ class JobSettings(_Section):
 class DispatcherSettings(_Section):
     poll_min: PositiveDuration = timedelta(seconds=15)
     poll_max: PositiveDuration = timedelta(minutes=5)
+    # Slot-seconds a poll may let sit idle while runs wait: fewer requests
+    # against slots refilled sooner (see scheduler/polling.py).
+    poll_waste: PositiveDuration = timedelta(seconds=30)
     admit_interval: PositiveDuration = timedelta(seconds=5)
     lease: PositiveDuration = timedelta(minutes=2)
     submit_concurrency: PositiveInt = 16
@@ -296,6 +309,11 @@ def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> Any:
     seen: dict[Any, int] = {}
     for key_node, _ in node.value:
         key = loader.construct_object(key_node)
+        if isinstance(key, list | dict | set):
+            raise yaml.constructor.ConstructorError(
+                None, None, "a mapping key must be a plain value", key_node.start_mark
+            )
+
         if key in seen:
             raise yaml.constructor.ConstructorError(
                 None,
@@ -323,6 +341,8 @@ def format_path(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         if isinstance(part, int):
             text += f"[{part}]"
+        elif not re.fullmatch(r"[A-Za-z0-9_-]+", str(part)):
+            text += f"[{str(part)!r}]"
         else:
             text += f".{part}" if text else str(part)
 
@@ -342,6 +362,10 @@ def _interpolate(value: Any, loc: tuple[int | str, ...], problems: list[str]) ->
             for index, item in enumerate(value)
         ]
 
+    if isinstance(value, str) and "\x00" in value:
+        problems.append(f"{format_path(loc)}: NUL characters are not allowed")
+        return value
+
     if not isinstance(value, str) or "${" not in value:
         return value
 
@@ -351,9 +375,7 @@ def _interpolate(value: Any, loc: tuple[int | str, ...], problems: list[str]) ->
 
         name = match.group(2)
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
-            problems.append(
-                f"{format_path(loc)}: invalid variable name {name!r} in ${{{name}}}"
-            )
+            problems.append(f"{format_path(loc)}: invalid variable name {name!r}")
             return ""
 
         if name not in os.environ:
@@ -400,6 +422,7 @@ def _cross_check(settings: Settings) -> list[str]:
     from apscheduler.triggers.cron import CronTrigger
 
     problems: list[str] = []
+    now = datetime.now(UTC)
     account_ids: set[str] = set()
     instance_ids: dict[str, str] = {}
     for a, account in enumerate(settings.accounts):
@@ -437,12 +460,27 @@ def _cross_check(settings: Settings) -> list[str]:
 
         if job.schedule is not None:
             try:
-                CronTrigger.from_crontab(job.schedule, timezone=zone(job.time_zone))
+                trigger = CronTrigger.from_crontab(
+                    job.schedule, timezone=zone(job.time_zone)
+                )
             except ValueError as exc:
                 problems.append(
                     f"jobs[{j}].schedule: invalid cron expression"
                     f" {job.schedule!r}: {exc}"
                 )
+            else:
+                if trigger.get_next_fire_time(None, now) is None:
+                    problems.append(f"jobs[{j}].schedule: {job.schedule!r} never fires")
+
+        try:
+            resolve(job.time_window, now)
+        except (ValueError, OverflowError) as exc:
+            problems.append(f"jobs[{j}].time_window: {exc}")
+
+        try:
+            resolve_parameters(job.parameters, now, job.time_zone)
+        except (ValueError, OverflowError) as exc:
+            problems.append(f"jobs[{j}].parameters: {exc}")
 
     return problems
 
@@ -468,20 +506,27 @@ def parse(document: Any, name: str, base: Path | None = None) -> Settings:
         raise ConfigError([f"{name}: expected a mapping of settings at the top level"])
 
     problems: list[str] = []
-    document = _interpolate(document, (), problems)
-    if problems:
-        raise ConfigError([f"{name}: {problem}" for problem in problems])
-
     try:
+        document = _interpolate(document, (), problems)
+        if problems:
+            raise ConfigError([f"{name}: {problem}" for problem in problems])
+
         settings = Settings.model_validate(document)
     except ValidationError as exc:
         raise ConfigError([f"{name}: {_error_line(e)}" for e in exc.errors()]) from None
+    except RecursionError:
+        raise ConfigError(
+            [f"{name}: nested too deeply (or an alias refers to itself)"]
+        ) from None
 
     problems = _cross_check(settings)
     if problems:
         raise ConfigError([f"{name}: {problem}" for problem in problems])
 
-    return _resolve_paths(settings, base or Path.cwd())
+    try:
+        return _resolve_paths(settings, base or Path.cwd())
+    except (OSError, ValueError) as exc:
+        raise ConfigError([f"{name}: invalid path: {exc}"]) from None
 
 
 def load(path: str | Path) -> LoadedConfig:
@@ -498,12 +543,17 @@ def load(path: str | Path) -> LoadedConfig:
 
     try:
         document = yaml.load(text, Loader=_UniqueKeyLoader)
+    except RecursionError:
+        raise ConfigError([f"{path}: nested too deeply"]) from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark else str(path)
-        raise ConfigError([f"{where}: invalid YAML: {exc.problem}"]) from None
+        problem = " ".join(str(exc.problem).split())
+        raise ConfigError([f"{where}: invalid YAML: {problem}"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{path}: invalid YAML: {exc}"]) from None
+        # Reader errors (a character YAML forbids) carry no mark, only text.
+        problem = " ".join(str(exc).split())
+        raise ConfigError([f"{path}: invalid YAML: {problem}"]) from None
 
     settings = parse(document, str(path), base=path.resolve().parent)
     return LoadedConfig(settings=settings, path=path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
@@ -9,11 +10,28 @@ from typing import Annotated, Any
 from pydantic import BeforeValidator, PlainSerializer
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# Ten years: longer is a typo, and would overflow date arithmetic.
+LONGEST = timedelta(days=3650)
 _PART = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
 def parse_duration(value: object) -> timedelta:
     """Parse ``1h30m``, ``7d``, a number of seconds, or a timedelta."""
+    delta = _parse(value)
+    if abs(delta) > LONGEST:
+        raise ValueError(f"duration {value!r} is longer than ten years")
+
+    return delta
+
+
+def _seconds(seconds: float, value: object) -> timedelta:
+    if not math.isfinite(seconds) or abs(seconds) > LONGEST.total_seconds():
+        raise ValueError(f"duration {value!r} is longer than ten years")
+
+    return timedelta(seconds=seconds)
+
+
+def _parse(value: object) -> timedelta:
     if isinstance(value, timedelta):
         return value
 
@@ -21,7 +39,7 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
 
     if isinstance(value, int | float):
-        return timedelta(seconds=value)
+        return _seconds(float(value), value)
 
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
@@ -31,7 +49,7 @@ def parse_duration(value: object) -> timedelta:
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
 
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return timedelta(seconds=float(text))
+        return _seconds(float(text), value)
 
     pos = 0
     seconds = 0.0
@@ -48,7 +66,7 @@ def parse_duration(value: object) -> timedelta:
             " expected a duration such as 30s, 15m, 2h or 7d"
         )
 
-    return timedelta(seconds=seconds)
+    return _seconds(seconds, value)
 
 
 def format_duration(delta: timedelta) -> str:

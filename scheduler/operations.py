@@ -75,14 +75,18 @@ async def enqueue_job(
 ) -> EnqueueResult:
     job = job_named(settings, name)
     now = datetime.now(UTC)
-    new = build_run(
-        settings,
-        job,
-        now,
-        source=source,
-        window=window_from(job, window, now),
-        parameters=parameters,
-    )
+    try:
+        new = build_run(
+            settings,
+            job,
+            now,
+            source=source,
+            window=window_from(job, window, now),
+            parameters=parameters,
+        )
+    except (ValueError, OverflowError) as exc:
+        raise InvalidInput(str(exc)) from None
+
     (result,) = await enqueue(db, [new], worker_id)
     log.info(
         "run_enqueued",

@@ -94,9 +94,8 @@ def _authorised(request: web.Request) -> web.Response | None:
     given = request.headers.get("Authorization", "")
     scheme, _, value = given.partition(" ")
     expected = token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
-        value.strip().encode(), expected
-    ):
+    offered = value.strip().encode("utf-8", errors="replace")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
         return _error(
             401, "a valid bearer token is required", **{"WWW-Authenticate": "Bearer"}
         )
@@ -115,9 +114,28 @@ async def _json_body(request: web.Request) -> Any:
         raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(raw))
 
     try:
-        return json.loads(raw or b"null")
+        body = json.loads(raw or b"null")
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("the body is not valid JSON") from None
+    except RecursionError:
+        raise InvalidInput("the body is nested too deeply") from None
+
+    _refuse_nul(body, "body")
+    return body
+
+
+def _refuse_nul(value: Any, where: str) -> None:
+    """Postgres stores no NUL character: refuse it at the door, by its place."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise InvalidInput(f"{where}: NUL characters are not allowed")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _refuse_nul(key, where)
+            _refuse_nul(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _refuse_nul(item, f"{where}[{index}]")
 
 
 def _int_query(
@@ -230,6 +248,9 @@ async def jobs(request: web.Request) -> web.Response:
 
 async def runs_index(request: web.Request) -> web.Response:
     context = request.app[CONTEXT]
+    for name, value in request.query.items():
+        _refuse_nul(value, name)
+
     states = [
         value
         for raw in request.query.getall("state", [])

@@ -52,6 +52,7 @@ AMC_WINDOW_TYPES = (
     "ALL",
 )
 DEFAULT_LAG = timedelta(hours=48)
+MAX_REACH = timedelta(days=400)
 
 _EXPRESSION = re.compile(
     r"\b(TODAY|FIRSTDAYOFOFFSETMONTH|LASTDAYOFOFFSETMONTH)\(\s*([+-]?\d+)?\s*\)",
@@ -65,16 +66,19 @@ def zone(name: str) -> ZoneInfo:
     """The IANA zone called ``name``; ValueError when there is none."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, OSError):
+    except (ZoneInfoNotFoundError, ValueError, OSError, TypeError):
         raise ValueError(f"unknown IANA time zone {name!r}") from None
 
 
-def _check_zone(name: str) -> str:
+def _check_zone(name: object) -> str:
+    if not isinstance(name, str):
+        raise ValueError("expected an IANA time zone name such as Europe/London")
+
     zone(name)
     return name
 
 
-TimeZoneName = Annotated[str, BeforeValidator(str), BeforeValidator(_check_zone)]
+TimeZoneName = Annotated[str, BeforeValidator(_check_zone)]
 
 
 def parse_amc_time(text: str) -> datetime:
@@ -165,6 +169,15 @@ class RelativeWindowRule(_Rule):
     lag: NonNegativeDuration = DEFAULT_LAG
     align: Literal["none", "hour", "day", "week", "month"] = "day"
     time_zone: TimeZoneName = "UTC"
+
+    @field_validator("last", "lag")
+    @classmethod
+    def _within_retention(cls, value: timedelta) -> timedelta:
+        # AMC holds 13 months of events: a longer reach is always a mistake.
+        if value > MAX_REACH:
+            raise ValueError("must not exceed 400 days (AMC keeps 13 months)")
+
+        return value
 
 
 def _rule_kind(value: Any) -> str:
@@ -270,7 +283,13 @@ def expand_expressions(text: str, at: datetime, time_zone: str) -> str:
     today = at.astimezone(zone(time_zone)).date()
 
     def replace(match: re.Match[str]) -> str:
-        day = _expression_date(match.group(1).upper(), int(match.group(2) or 0), today)
+        try:
+            day = _expression_date(
+                match.group(1).upper(), int(match.group(2) or 0), today
+            )
+        except (OverflowError, ValueError):
+            raise ValueError(f"{match.group(0)} is out of range") from None
+
         return format_amc_time(datetime.combine(day, datetime.min.time()))
 
     return _EXPRESSION.sub(replace, text)
