@@ -73,7 +73,7 @@ class Daemon:
                 "-m",
                 "scheduler",
                 *self.args,
-                "run",
+                *self.command,
                 "--config",
                 str(self.config),
             ],
