@@ -46,6 +46,7 @@ def open_database(settings: Settings) -> Database:
         settings.database.data_dir,
         pool_size=settings.database.pool_size,
         connect_timeout=settings.database.connect_timeout,
+        transaction_pooler=settings.database.transaction_pooler,
     )
 
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy.exc
 from sqlalchemy import make_url, text
@@ -27,7 +29,8 @@ def normalise_url(raw: str) -> URL:
     raw = re.sub(r"^postgres(ql)?(\+\w+)?://", "postgresql+asyncpg://", raw)
     try:
         url = make_url(raw)
-    except sqlalchemy.exc.ArgumentError as exc:
+        _ = url.port  # parsing the port is what may fail
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise StoreError(f"invalid database URL: {exc}") from None
 
     if url.get_backend_name() != "postgresql":
@@ -41,6 +44,10 @@ def normalise_url(raw: str) -> URL:
         query["ssl"] = query.pop("sslmode")
 
     return url.set(query=query)
+
+
+def _statement_name() -> str:
+    return f"__amcs_{uuid.uuid4().hex}__"
 
 
 def describe(url: URL) -> str:
@@ -75,11 +82,13 @@ class Database:
         data_dir: Path,
         pool_size: int = 10,
         connect_timeout: timedelta = timedelta(seconds=10),
+        transaction_pooler: bool = False,
     ) -> None:
         self._raw_url = url
         self._data_dir = data_dir
         self._pool_size = pool_size
         self._connect_timeout = connect_timeout.total_seconds()
+        self._transaction_pooler = transaction_pooler
         self._embedded: EmbeddedPostgres | None = None
         self._engine: AsyncEngine | None = None
         self.url: URL | None = None
@@ -109,6 +118,18 @@ class Database:
         log.debug("database_opened", url=describe(self.url))
 
     def _create_engine(self, url: URL, pool_size: int) -> AsyncEngine:
+        connect_args: dict[str, Any] = {
+            "timeout": self._connect_timeout,
+            "server_settings": {"application_name": "amc-scheduler"},
+        }
+        if self._transaction_pooler:
+            # A transaction pooler hands each transaction to any server
+            # connection: prepared statements must not be cached or reused
+            # by name across them.
+            connect_args["statement_cache_size"] = 0
+            connect_args["prepared_statement_name_func"] = _statement_name
+            url = url.update_query_dict({"prepared_statement_cache_size": "0"})
+
         return create_async_engine(
             url,
             pool_size=pool_size,
@@ -116,10 +137,7 @@ class Database:
             pool_pre_ping=True,
             pool_recycle=1800,
             pool_timeout=self._connect_timeout,
-            connect_args={
-                "timeout": self._connect_timeout,
-                "server_settings": {"application_name": "amc-scheduler"},
-            },
+            connect_args=connect_args,
         )
 
     async def _ensure_database(self, name: str) -> None:
