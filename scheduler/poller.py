@@ -97,6 +97,7 @@ class Poller:
             minimum=rt.config.poll_min.total_seconds(),
             maximum=rt.config.poll_max.total_seconds(),
             urgent=rt.urgent(instance_id),
+            waste=rt.config.poll_waste.total_seconds(),
         )
         self._want(instance_id, time.monotonic() + delay)
 
@@ -207,6 +208,7 @@ class Poller:
             minimum=rt.config.poll_min.total_seconds(),
             maximum=rt.config.poll_max.total_seconds(),
             urgent=rt.urgent(instance_id),
+            waste=rt.config.poll_waste.total_seconds(),
         )
 
     @staticmethod

@@ -1,14 +1,20 @@
 """When to poll an instance next.
 
-Each list call costs an AMC request; each minute an execution sits finished
-but unnoticed is a slot wasted. So the tick follows the chance that
-something finished: every in-flight execution has a log-normal run time,
-learned per job from history (median and spread), and the next poll comes
-when the expected number of executions that finished since the last poll
-reaches a threshold. With work waiting for the slots the threshold is low
-(poll soon after a likely finish); with nothing waiting it is high (several
-finishes, or most of the runs in flight), so idle instances are polled
-rarely. The result is clamped to the configured bounds.
+Each list call costs an AMC request; each second an execution sits finished
+but unnoticed is a slot-second wasted while runs wait for it. Every
+in-flight execution has a log-normal run time, learned per job from history
+(median and spread), so the slot-seconds expected to have gone idle since the
+last poll can be computed; the next poll comes when they reach
+``dispatcher.poll_waste``. Polls thus gather where finishes are likely and
+thin out where they are not. With nothing waiting for the slots an idle slot
+costs nothing, and the allowance is ``IDLE_FACTOR`` times larger. The result
+is clamped to the configured bounds.
+
+The trade-off is set by ``poll_waste``: with finishes arriving at random at
+rate r per instance, polling every d seconds wastes about r d^2 / 2
+slot-seconds per poll, so a waste allowance w means d = sqrt(2 w / r), a mean
+delay of d / 2 and 1 / (r d) list calls per finish. Predictable run times do
+better than that; docs/benchmarks.md measures it.
 """
 
 from __future__ import annotations
@@ -17,9 +23,9 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-URGENT_THRESHOLD = 0.5
-IDLE_THRESHOLD = 3.0
+IDLE_FACTOR = 10.0
 DEFAULT_SIGMA = 0.5
+_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -59,30 +65,47 @@ def expected_finishes(runs: Sequence[InFlight], horizon: float) -> float:
     return sum(run.model.finish_within(run.elapsed, horizon) for run in runs)
 
 
+def expected_idle(runs: Sequence[InFlight], horizon: float) -> float:
+    """Slot-seconds expected to sit finished but unnoticed ``horizon`` s from now.
+
+    For each run, the integral over the next ``horizon`` seconds of the
+    chance that it has finished by then (Simpson's rule).
+    """
+    if horizon <= 0 or not runs:
+        return 0.0
+
+    step = horizon / _STEPS
+    total = 0.0
+    for index in range(_STEPS + 1):
+        weight = 1 if index in (0, _STEPS) else (4 if index % 2 else 2)
+        total += weight * expected_finishes(runs, index * step)
+
+    return total * step / 3
+
+
 def next_poll_delay(
     runs: Sequence[InFlight],
     *,
     minimum: float,
     maximum: float,
     urgent: bool,
+    waste: float,
 ) -> float:
     """Seconds until the next list call of an instance with ``runs`` in flight."""
     if not runs:
         return maximum
 
-    # A handful of runs can never add up to the idle threshold: then wait
-    # until most of them have likely finished.
-    threshold = min(URGENT_THRESHOLD if urgent else IDLE_THRESHOLD, 0.8 * len(runs))
-    if expected_finishes(runs, minimum) >= threshold:
+    allowance = waste if urgent else waste * IDLE_FACTOR
+    if expected_idle(runs, minimum) >= allowance:
         return minimum
 
-    if expected_finishes(runs, maximum) < threshold:
+    if expected_idle(runs, maximum) < allowance:
         return maximum
 
     low, high = minimum, maximum
     for _ in range(30):
         middle = (low + high) / 2
-        if expected_finishes(runs, middle) >= threshold:
+        if expected_idle(runs, middle) >= allowance:
             high = middle
         else:
             low = middle

@@ -274,7 +274,7 @@ async def backlog(db: Database) -> dict[str, Backlog]:
 
 
 async def refresh_expectations(db: Database, expected: dict[str, float]) -> int:
-    """Update queued runs whose job's expected run time moved by over 20 %."""
+    """Update queued runs whose job's expected run time moved by over 5 %."""
     if not expected:
         return 0
 
@@ -286,7 +286,7 @@ async def refresh_expectations(db: Database, expected: dict[str, float]) -> int:
                 FROM unnest(CAST(:jobs AS text[]), CAST(:seconds AS float8[]))
                      AS e(job, seconds)
                 WHERE r.job = e.job AND r.state = 'queued'
-                  AND abs(r.expected_seconds - e.seconds) > 0.2 * e.seconds
+                  AND abs(r.expected_seconds - e.seconds) > 0.05 * e.seconds
                 """
             ),
             {"jobs": list(expected), "seconds": list(expected.values())},

@@ -9,16 +9,17 @@ from hypothesis import strategies as st
 
 from scheduler.polling import (
     DEFAULT_SIGMA,
-    IDLE_THRESHOLD,
-    URGENT_THRESHOLD,
+    IDLE_FACTOR,
     DurationModel,
     InFlight,
     expected_finishes,
+    expected_idle,
     fit,
     next_poll_delay,
 )
 
 MINIMUM, MAXIMUM = 15.0, 300.0
+WASTE = 30.0
 
 models = st.builds(
     DurationModel,
@@ -34,12 +35,20 @@ bounds = st.tuples(st.floats(1.0, 60.0), st.floats(0.0, 3600.0)).map(
 )
 
 
-def delay(runs: list[InFlight], *, urgent: bool, limits: tuple[float, float]) -> float:
-    return next_poll_delay(runs, minimum=limits[0], maximum=limits[1], urgent=urgent)
+def delay(
+    runs: list[InFlight],
+    *,
+    urgent: bool,
+    limits: tuple[float, float],
+    waste: float = WASTE,
+) -> float:
+    return next_poll_delay(
+        runs, minimum=limits[0], maximum=limits[1], urgent=urgent, waste=waste
+    )
 
 
-def threshold(runs: list[InFlight], *, urgent: bool) -> float:
-    return min(URGENT_THRESHOLD if urgent else IDLE_THRESHOLD, 0.8 * len(runs))
+def allowance(urgent: bool, waste: float = WASTE) -> float:
+    return waste if urgent else waste * IDLE_FACTOR
 
 
 # DurationModel
@@ -126,60 +135,61 @@ def test_expected_finishes_adds_up_the_runs() -> None:
 
 def test_no_runs_polls_at_the_maximum() -> None:
     """An instance with nothing in flight is polled as rarely as allowed."""
-    assert next_poll_delay([], minimum=MINIMUM, maximum=MAXIMUM, urgent=True) == MAXIMUM
-    assert next_poll_delay([], minimum=MINIMUM, maximum=MAXIMUM, urgent=False) == (
-        MAXIMUM
+    for urgent in (True, False):
+        assert delay([], urgent=urgent, limits=(MINIMUM, MAXIMUM)) == MAXIMUM
+
+
+def test_expected_idle_integrates_the_finish_chances() -> None:
+    """Idle slot-seconds: the integral of the chance each run has finished."""
+    sure = DurationModel(median=20.0, sigma=0.05)
+    # Far past its median: the fallback, a steady hazard of one finish per 20 s.
+    overdue = [InFlight(20000.0, sure)]
+    assert expected_idle(overdue, 100.0) == pytest.approx(
+        100.0 - 20.0 * (1 - math.exp(-5.0)), rel=0.01
+    )
+    fresh = [InFlight(0.0, DurationModel(median=7200.0, sigma=0.2))]
+    assert expected_idle(fresh, 300.0) == pytest.approx(0.0, abs=1e-6)
+    assert expected_idle(overdue * 3, 50.0) == pytest.approx(
+        3 * expected_idle(overdue, 50.0)
     )
 
 
 def test_full_instance_at_its_medians_polls_soon_when_urgent() -> None:
-    """Ten runs at their medians with work waiting: a poll within a few ticks."""
+    """Ten runs at their medians with work waiting: polled as the idle time adds up."""
     model = DurationModel(median=1200.0, sigma=0.5)
     runs = [InFlight(1200.0, model)] * 10
-    urgent = next_poll_delay(runs, minimum=MINIMUM, maximum=MAXIMUM, urgent=True)
-    idle = next_poll_delay(runs, minimum=MINIMUM, maximum=MAXIMUM, urgent=False)
-    assert urgent <= 3 * MINIMUM
-    assert idle >= 4 * urgent
+    urgent = delay(runs, urgent=True, limits=(MINIMUM, MAXIMUM))
+    idle = delay(runs, urgent=False, limits=(MINIMUM, MAXIMUM))
+    # Finishes at a near-steady rate r: idle time r * d^2 / 2 reaches the allowance.
+    rate = 10 * model.finish_within(1200.0, 1.0)
+    assert urgent == pytest.approx(math.sqrt(2 * WASTE / rate), rel=0.1)
+    assert idle >= 2 * urgent
 
 
-def test_run_near_its_median_polls_near_the_minimum_when_urgent() -> None:
-    """A minute-long run at its median with work waiting is polled within two ticks."""
+def test_run_near_its_median_polls_sooner_than_a_fresh_one() -> None:
+    """A minute-long run at its median with work waiting is polled within ticks."""
     model = DurationModel(median=60.0, sigma=0.5)
-    fresh = next_poll_delay(
-        [InFlight(0.0, model)], minimum=MINIMUM, maximum=MAXIMUM, urgent=True
-    )
-    due = next_poll_delay(
-        [InFlight(60.0, model)], minimum=MINIMUM, maximum=MAXIMUM, urgent=True
-    )
-    assert MINIMUM <= due <= 2 * MINIMUM
+    fresh = delay([InFlight(0.0, model)], urgent=True, limits=(MINIMUM, MAXIMUM))
+    due = delay([InFlight(60.0, model)], urgent=True, limits=(MINIMUM, MAXIMUM))
+    assert MINIMUM <= due <= 4 * MINIMUM
     assert due < fresh
 
 
-def test_lone_run_is_polled_when_its_finish_is_an_even_chance() -> None:
-    """One run at its median, urgent: the poll comes when it has likely finished."""
-    model = DurationModel(median=1200.0, sigma=0.5)
-    wait = next_poll_delay(
-        [InFlight(1200.0, model)], minimum=MINIMUM, maximum=3600.0, urgent=True
-    )
-    assert model.finish_within(1200.0, wait) == pytest.approx(0.5, abs=0.01)
-    # Half the remaining mass lies beyond median * exp(0.6745 sigma).
-    assert wait == pytest.approx(1200.0 * (math.exp(0.6745 * 0.5) - 1), rel=0.01)
-
-
-def test_few_idle_runs_wait_for_most_of_them() -> None:
-    """Two idle runs cannot reach three finishes: the poll waits for most of both."""
-    model = DurationModel(median=600.0, sigma=0.5)
-    runs = [InFlight(0.0, model), InFlight(0.0, model)]
-    wait = next_poll_delay(runs, minimum=MINIMUM, maximum=1e5, urgent=False)
-    assert expected_finishes(runs, wait) == pytest.approx(1.6, abs=0.01)
+def test_a_bigger_allowance_polls_later() -> None:
+    """poll_waste trades requests for refill time: more allowance, later polls."""
+    model = DurationModel(median=1200.0, sigma=0.3)
+    runs = [InFlight(900.0 + 60 * n, model) for n in range(8)]
+    delays = [
+        delay(runs, urgent=True, limits=(1.0, 3600.0), waste=w) for w in (5, 30, 120)
+    ]
+    assert delays == sorted(delays)
+    assert delays[0] < delays[-1]
 
 
 def test_fresh_runs_wait_for_the_maximum() -> None:
     """Runs that just started and typically take hours are not polled early."""
     runs = [InFlight(0.0, DurationModel(median=7200.0, sigma=0.3))] * 10
-    assert next_poll_delay(runs, minimum=MINIMUM, maximum=MAXIMUM, urgent=True) == (
-        MAXIMUM
-    )
+    assert delay(runs, urgent=True, limits=(MINIMUM, MAXIMUM)) == MAXIMUM
 
 
 @given(runs=run_lists, limits=bounds, urgent=st.booleans())
@@ -207,26 +217,25 @@ def test_more_runs_never_poll_later(
     limits: tuple[float, float],
     urgent: bool,
 ) -> None:
-    """Another run in flight never delays the poll (idle: from four runs up)."""
-    if urgent or not runs or len(runs) >= 4:
-        before = delay(runs, urgent=urgent, limits=limits)
-        assert delay([*runs, extra], urgent=urgent, limits=limits) <= before
+    """Another run in flight never delays the poll: idle time only adds up."""
+    before = delay(runs, urgent=urgent, limits=limits)
+    assert delay([*runs, extra], urgent=urgent, limits=limits) <= before * (1 + 1e-9)
 
 
 @settings(max_examples=150)
 @given(runs=run_lists.filter(bool), limits=bounds, urgent=st.booleans())
-def test_delay_is_when_the_expected_finishes_reach_the_threshold(
+def test_delay_is_when_the_idle_time_reaches_the_allowance(
     runs: list[InFlight], limits: tuple[float, float], urgent: bool
 ) -> None:
-    """Inside the bounds the delay is where expected finishes cross the threshold."""
+    """Inside the bounds the delay is where expected idle time crosses the allowance."""
     minimum, maximum = limits
     wait = delay(runs, urgent=urgent, limits=limits)
-    target = threshold(runs, urgent=urgent)
+    target = allowance(urgent)
     if wait < maximum:
-        assert expected_finishes(runs, wait) >= target
+        assert expected_idle(runs, wait) >= target
 
     if wait > minimum:
-        assert expected_finishes(runs, wait - 0.011 * minimum) < target
+        assert expected_idle(runs, wait - 0.011 * minimum) < target
 
 
 # fit
