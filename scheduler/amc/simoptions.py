@@ -65,6 +65,9 @@ class SimulatorOptions:
     duration_sigma: float = 0.3
     max_duration_factor: float = 4.0
     workflow_durations: Mapping[str, float] = field(default_factory=dict)
+    # Fixed run times (simulated s) by plan_key(), so that a benchmark can
+    # replay one workload against several strategies.
+    planned_durations: Mapping[str, float] = field(default_factory=dict)
     pending_share: float = 0.05  # share of each run spent PENDING
     failure_rate: float = 0.0
     privacy_repeats: int = 5  # executions per exact window before the rejection
@@ -164,3 +167,8 @@ def options_from_settings(
         faults=fault_options,
         **_optional(settings, _OPTIONAL_SETTINGS),
     )
+
+
+def plan_key(instance_id: str, workflow_id: str, window_start: str | None) -> str:
+    """The key of ``planned_durations``: instance, workflow and window start."""
+    return f"{instance_id}/{workflow_id}/{window_start or ''}"

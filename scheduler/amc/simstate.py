@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from .simoptions import SimulatorOptions
+from .simoptions import SimulatorOptions, plan_key
 from .simwire import CreateRequest, Rejected, Window, WindowKey, resolve_window
 
 Clock = Callable[[], float]
@@ -315,8 +315,15 @@ class SimState:
         counted = [e for e in earlier if not e.privacy_failed and e.cancelled is None]
         return len(counted) >= self.options.privacy_repeats
 
-    def _run_time(self, workflow_id: str) -> float:
+    def _run_time(
+        self, instance_id: str, workflow_id: str, request: CreateRequest
+    ) -> float:
         """A log-normal run time around the workflow's median, in simulated seconds."""
+        key = plan_key(instance_id, workflow_id, request.window_start)
+        planned = self.options.planned_durations.get(key)
+        if planned is not None:
+            return planned
+
         median = self.options.workflow_durations.get(workflow_id, self.options.duration)
         noise = math.exp(
             self.options.duration_sigma * self.durations_rng.gauss(0.0, 1.0)
@@ -342,7 +349,7 @@ class SimState:
                 raise Rejected(400, message, "privacy")
 
         # The plan: run time, failure and timeout are decided now, in simulated s.
-        run = self._run_time(workflow_id)
+        run = self._run_time(instance_id, workflow_id, request)
         failed = self.durations_rng.random() < self.options.failure_rate
         status, reason = ("FAILED", INTERNAL_ERROR) if failed else ("SUCCEEDED", None)
         pending = run * self.options.pending_share
