@@ -266,7 +266,9 @@ class Dispatcher:
     async def _lease_pass(self) -> None:
         rt = self.rt
         lease = rt.config.lease.total_seconds()
-        await renew_submission_leases(rt.db, rt.worker_id, lease)
+        await renew_submission_leases(
+            rt.db, rt.worker_id, lease, list(self._submitting)
+        )
         await self._share_poll_leases(lease)
         if not self._accepting:
             return
