@@ -345,7 +345,7 @@ def test_invalid_variable_name() -> None:
     """${...} with a name that cannot be a variable is refused."""
     document = base(server={"api_token": "${not valid}"})
     assert problems(document) == [
-        "demo.yaml: server.api_token: invalid variable name 'not valid' in ${not valid}"
+        "demo.yaml: server.api_token: invalid variable name 'not valid'"
     ]
 
 
