@@ -22,7 +22,7 @@ from .amc.errors import AmcError, AmcNotFound, failure_is_retryable, is_privacy_
 from .logs import get_logger
 from .polling import InFlight, next_poll_delay
 from .reconcile import best_match
-from .runtime import Runtime, backoff
+from .runtime import Runtime, backoff, record_execution
 from .store.models import RunState
 from .store.polls import (
     External,
@@ -39,7 +39,6 @@ from .store.transitions import (
     Outcome,
     finish,
     record_observation,
-    record_submitted,
     touch_status,
 )
 
@@ -389,16 +388,8 @@ class Poller:
             if match is None:
                 continue
 
-            adopted = await record_submitted(
-                rt.db,
-                run,
-                owner=None,
-                execution_id=match.id,
-                amc_status=match.status,
-                amc_create_time=match.create_time,
-                adopted=True,
-                expect=(RunState.QUEUED,),
-                worker_id=rt.worker_id,
+            adopted = await record_execution(
+                rt, run, match, owner=None, adopted=True, expect=(RunState.QUEUED,)
             )
             unknown.remove(match)
             if adopted is not None:

@@ -12,9 +12,11 @@ import asyncio
 import re
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .amc.client import AccountRef
 from .amc.errors import AmcError, ResultsNotReady
@@ -160,37 +162,42 @@ class ResultsFetcher:
                     ],
                 )
 
-            await conn.execute(
-                insert(events).values(
-                    run_id=run.id,
-                    from_state=RunState.SUCCEEDED.value,
-                    to_state=RunState.SUCCEEDED.value,
-                    reason="results_downloaded",
-                    attempt=run.attempt,
-                    execution_id=run.execution_id,
-                    detail={"files": [str(path) for _, path, _ in files]},
-                    worker_id=self.rt.worker_id,
-                )
+            await self._note(
+                conn,
+                run,
+                "results_downloaded",
+                detail={"files": [str(path) for _, path, _ in files]},
             )
 
         log.info("results_downloaded", run_id=run.id, job=run.job, files=len(files))
+
+    async def _note(
+        self, conn: AsyncConnection, run: RunRecord, reason: str, **fields: Any
+    ) -> None:
+        """An event of a succeeded run that stays succeeded."""
+        await conn.execute(
+            insert(events).values(
+                run_id=run.id,
+                from_state=RunState.SUCCEEDED.value,
+                to_state=RunState.SUCCEEDED.value,
+                reason=reason,
+                attempt=run.attempt,
+                execution_id=run.execution_id,
+                worker_id=self.rt.worker_id,
+                **fields,
+            )
+        )
 
     async def _give_up(self, run: RunRecord) -> None:
         async with self.rt.db.begin() as conn:
             await conn.execute(
                 update(runs).where(runs.c.id == run.id).values(results_state=FAILED)
             )
-            await conn.execute(
-                insert(events).values(
-                    run_id=run.id,
-                    from_state=RunState.SUCCEEDED.value,
-                    to_state=RunState.SUCCEEDED.value,
-                    reason="results_unavailable",
-                    attempt=run.attempt,
-                    execution_id=run.execution_id,
-                    message="AMC did not make the result files available in time",
-                    worker_id=self.rt.worker_id,
-                )
+            await self._note(
+                conn,
+                run,
+                "results_unavailable",
+                message="AMC did not make the result files available in time",
             )
 
         log.error("results_unavailable", run_id=run.id, job=run.job)

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .amc.client import AmcClient
+from .amc.client import AmcClient, Execution
 from .config import DispatcherSettings, Settings
 from .logs import get_logger
 from .metrics import Metrics
 from .polling import DurationModel
 from .store import Database
+from .store.models import RunState
 from .store.polls import Backlog
+from .store.records import RunRecord
+from .store.transitions import record_submitted
 from .topology import Topology
 
 log = get_logger(__name__)
@@ -99,6 +102,29 @@ class Runtime:
         if error is not None:
             self.metrics.loop_failures.labels(task.get_name().split(":")[0]).inc()
             log.error("task_failed", task=task.get_name(), error=repr(error))
+
+
+async def record_execution(
+    rt: Runtime,
+    run: RunRecord,
+    execution: Execution,
+    *,
+    owner: str | None,
+    adopted: bool = False,
+    expect: Sequence[RunState] = (RunState.SUBMITTING,),
+) -> RunRecord | None:
+    """Give ``run`` the AMC execution it created (or one found for it)."""
+    return await record_submitted(
+        rt.db,
+        run,
+        owner=owner,
+        execution_id=execution.id,
+        amc_status=execution.status,
+        amc_create_time=execution.create_time,
+        adopted=adopted,
+        expect=expect,
+        worker_id=rt.worker_id,
+    )
 
 
 def every(seconds: float) -> float:

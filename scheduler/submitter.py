@@ -30,11 +30,11 @@ from .amc.errors import (
 from .logs import get_logger
 from .poller import Poller, cancel_in_flight
 from .reconcile import CLOCK_SKEW, matches, needs_sql, workflow_matches
-from .runtime import Runtime, backoff
+from .runtime import Runtime, backoff, record_execution
 from .store.models import RunState
 from .store.polls import owned_execution_ids
 from .store.records import RunRecord
-from .store.transitions import Pause, finish, record_submitted, requeue
+from .store.transitions import Pause, finish, requeue
 
 log = get_logger(__name__)
 
@@ -121,15 +121,7 @@ class Submitter:
         self._limit_streak.pop(run.instance_id, None)
         self._transient_streak.pop(run.id, None)
         rt.metrics.submissions.labels("created").inc()
-        recorded = await record_submitted(
-            rt.db,
-            run,
-            owner=rt.worker_id,
-            execution_id=execution.id,
-            amc_status=execution.status,
-            amc_create_time=execution.create_time,
-            worker_id=rt.worker_id,
-        )
+        recorded = await record_execution(rt, run, execution, owner=rt.worker_id)
         if recorded is None:
             await self._orphaned(run, execution)
             return
@@ -307,15 +299,8 @@ class Submitter:
 
     async def _adopt(self, run: RunRecord, execution: Execution) -> None:
         rt = self.rt
-        recorded = await record_submitted(
-            rt.db,
-            run,
-            owner=rt.worker_id,
-            execution_id=execution.id,
-            amc_status=execution.status,
-            amc_create_time=execution.create_time,
-            adopted=True,
-            worker_id=rt.worker_id,
+        recorded = await record_execution(
+            rt, run, execution, owner=rt.worker_id, adopted=True
         )
         if recorded is not None:
             rt.metrics.submissions.labels("adopted").inc()
@@ -326,16 +311,8 @@ class Submitter:
     async def _orphaned(self, run: RunRecord, execution: Execution) -> None:
         """Created, but the lease was lost meanwhile: hand the execution over."""
         rt = self.rt
-        adopted = await record_submitted(
-            rt.db,
-            run,
-            owner=None,
-            execution_id=execution.id,
-            amc_status=execution.status,
-            amc_create_time=execution.create_time,
-            adopted=True,
-            expect=(RunState.QUEUED,),
-            worker_id=rt.worker_id,
+        adopted = await record_execution(
+            rt, run, execution, owner=None, adopted=True, expect=(RunState.QUEUED,)
         )
         if adopted is None:
             # Counted as external by the instance's poller until its run's
