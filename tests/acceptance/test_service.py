@@ -28,6 +28,7 @@ FAST = {
     "retry_max": 5,
     "lease": 5,
     "expected_duration": "2s",
+    "poll_waste": "0.05s",
 }
 JOBS = [
     {

@@ -89,6 +89,7 @@ class Cluster:
             "retry_max": 5,
             "lease": 3,
             "expected_duration": f"{1200 / speed}s",
+            "poll_waste": f"{30 / speed}s",
             "shutdown_timeout": 5,
             **(dispatcher or {}),
         }

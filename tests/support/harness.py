@@ -30,8 +30,9 @@ FAST_DISPATCHER = {
     "retry_base": 0.05,
     "retry_max": 1,
     "lease": 3,
-    # 20 simulated minutes at the default speed of 3000.
+    # 20 simulated minutes and 30 slot-seconds at the default speed of 3000.
     "expected_duration": "0.4s",
+    "poll_waste": 0.01,
     "shutdown_timeout": 5,
 }
 
