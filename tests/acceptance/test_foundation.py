@@ -136,3 +136,60 @@ async def test_migrate_creates_the_tables(
         await engine.dispose()
 
     assert {"runs", "attempts", "events"} <= tables
+
+
+def _as_ordinary_user() -> list[str]:
+    """A command prefix that runs as `nobody` when we are root and it can."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    runuser = shutil.which("runuser")
+    if os.geteuid() != 0 or runuser is None:
+        return []
+
+    probe = subprocess.run(
+        [runuser, "-u", "nobody", "--", sys.executable, "-c", "import scheduler"],
+        capture_output=True,
+    )
+    return [runuser, "-u", "nobody", "--"] if probe.returncode == 0 else []
+
+
+def test_embedded_database_works_for_an_ordinary_user() -> None:
+    """migrate on the embedded database as `nobody` (as root), else as ourselves."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    prefix = _as_ordinary_user()
+    work = Path(tempfile.mkdtemp(prefix="amcs-user-"))
+    try:
+        work.chmod(0o777)
+        config = write_config(
+            work / "c.yaml", base_config(database={"data_dir": str(work / "pg")})
+        )
+        config.chmod(0o644)
+        env = {**os.environ, DATABASE_URL_ENV: "", "HOME": str(work)}
+        result = subprocess.run(
+            [
+                *prefix,
+                sys.executable,
+                "-m",
+                "scheduler",
+                "migrate",
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("applied 0001")
+        assert "Traceback" not in result.stderr
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
