@@ -19,16 +19,34 @@ def parse_duration(value: object) -> timedelta:
     """Parse ``1h30m``, ``7d``, a number of seconds, or a timedelta."""
     delta = _parse(value)
     if abs(delta) > LONGEST:
-        raise ValueError(f"duration {value!r} is longer than ten years")
+        raise ValueError(_too_long(value))
 
     return delta
 
 
-def _seconds(seconds: float, value: object) -> timedelta:
-    if not math.isfinite(seconds) or abs(seconds) > LONGEST.total_seconds():
-        raise ValueError(f"duration {value!r} is longer than ten years")
+def _quoted(value: object) -> str:
+    """The value as an error message quotes it: a huge one is cut short."""
+    if isinstance(value, int) and value.bit_length() > 128:
+        return "(a number of more than 38 digits)"
 
-    return timedelta(seconds=seconds)
+    shown = repr(value)
+    return shown if len(shown) <= 40 else shown[:36] + "...'"
+
+
+def _too_long(value: object) -> str:
+    return f"duration {_quoted(value)} is longer than ten years"
+
+
+def _seconds(seconds: int | float | str, value: object) -> timedelta:
+    try:
+        number = float(seconds)
+    except OverflowError:
+        raise ValueError(_too_long(value)) from None
+
+    if not math.isfinite(number) or abs(number) > LONGEST.total_seconds():
+        raise ValueError(_too_long(value))
+
+    return timedelta(seconds=number)
 
 
 def _parse(value: object) -> timedelta:
@@ -39,7 +57,7 @@ def _parse(value: object) -> timedelta:
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
 
     if isinstance(value, int | float):
-        return _seconds(float(value), value)
+        return _seconds(value, value)
 
     if not isinstance(value, str):
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
@@ -49,7 +67,7 @@ def _parse(value: object) -> timedelta:
         raise ValueError("expected a duration such as 30s, 15m, 2h or 7d")
 
     if re.fullmatch(r"\d+(\.\d+)?", text):
-        return _seconds(float(text), value)
+        return _seconds(text, value)
 
     pos = 0
     seconds = 0.0
@@ -62,7 +80,7 @@ def _parse(value: object) -> timedelta:
 
     if pos != len(text):
         raise ValueError(
-            f"invalid duration {value!r}:"
+            f"invalid duration {_quoted(value)}:"
             " expected a duration such as 30s, 15m, 2h or 7d"
         )
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 
 import pytest
@@ -41,3 +42,20 @@ def test_format_round_trips(seconds: int) -> None:
     """Formatting and parsing again gives the same duration."""
     delta = timedelta(seconds=seconds)
     assert parse_duration(format_duration(delta)) == delta
+
+
+@pytest.mark.parametrize(
+    ("value", "quoted"),
+    [
+        (10**400, "(a number of more than 38 digits)"),
+        (1e308, "1e+308"),
+        ("9" * 400 + "d", "'" + "9" * 35 + "...'"),
+    ],
+)
+def test_huge_durations_are_refused_and_quoted_short(
+    value: object, quoted: str
+) -> None:
+    """Too large to convert or to quote: a ValueError, its message short."""
+    message = f"duration {quoted} is longer than ten years"
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        parse_duration(value)
