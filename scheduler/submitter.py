@@ -34,7 +34,7 @@ from .runtime import Runtime, backoff, record_execution
 from .store.models import RunState
 from .store.polls import owned_execution_ids
 from .store.records import RunRecord
-from .store.transitions import Pause, finish, requeue
+from .store.transitions import Pause, execution_owner, finish, requeue
 
 log = get_logger(__name__)
 
@@ -314,12 +314,21 @@ class Submitter:
         adopted = await record_execution(
             rt, run, execution, owner=None, adopted=True, expect=(RunState.QUEUED,)
         )
-        if adopted is None:
-            # Counted as external by the instance's poller until its run's
-            # own lookup adopts it.
-            log.error(
-                "execution_orphaned", execution_id=execution.id, **self._fields(run)
+        if adopted is not None:
+            return
+
+        if await execution_owner(rt.db, execution.id) is not None:
+            # The run's own lookup found it first.
+            log.info(
+                "execution_already_recorded",
+                execution_id=execution.id,
+                **self._fields(run),
             )
+            return
+
+        # Counted as external by the instance's poller until its run's own
+        # lookup adopts it.
+        log.error("execution_orphaned", execution_id=execution.id, **self._fields(run))
 
     # Leases and recovery
 

@@ -152,10 +152,12 @@ class Run(Base):
             "id",
             postgresql_where=text("state = 'queued'"),
         ),
-        # Aging: the oldest queued run of each instance.
+        # Aging: the oldest queued runs of each instance, and none read when
+        # none is old enough (a range on created_at, not a filter).
         Index(
             "ix_runs_queued_age",
             "instance_id",
+            "created_at",
             "id",
             postgresql_where=text("state = 'queued'"),
         ),
@@ -200,7 +202,8 @@ class Attempt(Base):
 
     __table_args__ = (
         UniqueConstraint("run_id", "number"),
-        Index("ix_attempts_execution_id", "execution_id"),
+        # An execution is one attempt's, never two.
+        Index("ix_attempts_execution_id", "execution_id", unique=True),
     )
 
 

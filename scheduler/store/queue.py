@@ -15,29 +15,39 @@ run expected to take longest starts first.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, func, insert, select, text
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from .engine import Database
 from .migrate import LOCK_CLASS
-from .models import LIVE_STATES, SLOT_STATES, RunState, events, pauses, runs
+from .models import LIVE_STATES, SLOT_STATES, pauses
 from .records import NewRun, RunRecord
 
 ADMISSION_LOCK_CLASS = LOCK_CLASS + 1
 NOTIFY_CHANNEL = "amc_scheduler"
 SLOT_STATE_VALUES = sorted(state.value for state in SLOT_STATES)
-_LIVE_PREDICATE = text(
-    "state IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(LIVE_STATES)))
-)
+_LIVE = "state IN ({})".format(", ".join(f"'{s.value}'" for s in sorted(LIVE_STATES)))
+
+
+@contextlib.asynccontextmanager
+async def single_statement(db: Database) -> AsyncIterator[AsyncConnection]:
+    """A connection for work done in one statement, which is its own transaction.
+
+    One statement is atomic by itself; leaving out BEGIN and COMMIT saves two
+    round trips on the queue's busiest paths.
+    """
+    async with db.connect() as conn:
+        yield await conn.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @dataclass(frozen=True)
@@ -54,6 +64,10 @@ async def enqueue(
     Live means queued, in flight or succeeded: a failed or cancelled run
     does not block a new one.
     """
+    if len(new_runs) == 1:
+        async with single_statement(db) as conn:
+            return [await _enqueue_one(conn, new_runs[0], worker_id)]
+
     async with db.begin() as conn:
         return await enqueue_in(conn, new_runs, worker_id)
 
@@ -62,16 +76,35 @@ async def enqueue_in(
     conn: AsyncConnection, new_runs: Sequence[NewRun], worker_id: str | None = None
 ) -> list[EnqueueResult]:
     """``enqueue`` inside the caller's transaction (for once-only records)."""
-    results = [await _enqueue_one(conn, new, worker_id) for new in new_runs]
-    # Delivered at commit, once per account however many runs were added.
-    accounts = {r.run.account_id for r in results if r.created}
-    for account_id in sorted(accounts):
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {"channel": NOTIFY_CHANNEL, "payload": f"enqueued:{account_id}"},
-        )
+    return [await _enqueue_one(conn, new, worker_id) for new in new_runs]
 
-    return results
+
+# The run, its event and the hint to admitters in one statement. Postgres
+# delivers identical notifications of one transaction once, so a batch tells
+# each account once however many runs it added.
+_ENQUEUE = text(
+    f"""
+    WITH inserted AS (
+        INSERT INTO runs (job, account_id, instance_id, dedupe_key, source,
+                          priority, expected_seconds, request, max_attempts,
+                          not_before)
+        VALUES (:job, :account_id, :instance_id, :dedupe_key, :source,
+                :priority, :expected_seconds, :request, :max_attempts,
+                coalesce(CAST(:not_before AS timestamptz), now()))
+        ON CONFLICT (dedupe_key) WHERE {_LIVE} DO NOTHING
+        RETURNING *
+    ), logged AS (
+        INSERT INTO events (run_id, from_state, to_state, reason, detail, worker_id)
+        SELECT id, NULL, 'queued', 'enqueued', CAST(:detail AS jsonb),
+               CAST(:worker_id AS text)
+        FROM inserted
+    )
+    SELECT inserted.*, pg_notify(:channel, 'enqueued:' || account_id) AS notified
+    FROM inserted
+    """
+).bindparams(bindparam("request", type_=JSONB), bindparam("detail", type_=JSONB))
+
+_LIVE_RUN = text(f"SELECT * FROM runs WHERE dedupe_key = :dedupe_key AND {_LIVE}")
 
 
 async def _enqueue_one(
@@ -84,45 +117,24 @@ async def _enqueue_one(
         "dedupe_key": new.dedupe_key,
         "source": new.source,
         "priority": new.priority,
-        "expected_seconds": new.expected_seconds,
+        "expected_seconds": float(new.expected_seconds),
         "request": dict(new.request),
         "max_attempts": new.max_attempts,
+        "not_before": new.not_before,
+        "detail": {"source": new.source},
+        "worker_id": worker_id,
+        "channel": NOTIFY_CHANNEL,
     }
-    if new.not_before is not None:
-        values["not_before"] = new.not_before
-
     # A concurrent finish of the conflicting run can leave neither an insert
     # nor a live row to return; trying again settles it.
     for _ in range(5):
-        inserted = await conn.execute(
-            pg_insert(runs)
-            .values(**values)
-            .on_conflict_do_nothing(
-                index_elements=["dedupe_key"], index_where=_LIVE_PREDICATE
-            )
-            .returning(*runs.c)
-        )
-        row = inserted.first()
+        row = (await conn.execute(_ENQUEUE, values)).first()
         if row is not None:
-            await conn.execute(
-                insert(events).values(
-                    run_id=row.id,
-                    from_state=None,
-                    to_state=RunState.QUEUED.value,
-                    reason="enqueued",
-                    detail={"source": new.source},
-                    worker_id=worker_id,
-                )
-            )
             return EnqueueResult(RunRecord.from_row(row), created=True)
 
-        existing = await conn.execute(
-            select(runs).where(
-                runs.c.dedupe_key == new.dedupe_key,
-                runs.c.state.in_([s.value for s in LIVE_STATES]),
-            )
-        )
-        row = existing.first()
+        row = (
+            await conn.execute(_LIVE_RUN, {"dedupe_key": values["dedupe_key"]})
+        ).first()
         if row is not None:
             return EnqueueResult(RunRecord.from_row(row), created=False)
 
@@ -232,21 +244,19 @@ def choose(
     return chosen
 
 
-_HELD = text(
+# Slots held per instance (runs in flight, outside executions) and pauses in
+# force, in one round trip: ('held', instance, count) and (scope, key, 0) rows.
+_HELD_AND_PAUSED = text(
     """
-    SELECT instance_id, count(*) AS held FROM runs
+    SELECT 'held' AS kind, instance_id AS key, count(*) AS held FROM runs
     WHERE account_id = :account_id AND state = ANY(CAST(:slot_states AS text[]))
     GROUP BY instance_id
     UNION ALL
-    SELECT instance_id, count(*) FROM external_executions
+    SELECT 'held', instance_id, count(*) FROM external_executions
     WHERE account_id = :account_id AND in_flight
     GROUP BY instance_id
-    """
-)
-
-_PAUSED = text(
-    """
-    SELECT scope, key FROM pauses
+    UNION ALL
+    SELECT scope, key, 0 FROM pauses
     WHERE until > now()
       AND ((scope = 'account' AND key = :account_id)
            OR (scope = 'instance' AND key = ANY(CAST(:instance_ids AS text[]))))
@@ -270,11 +280,7 @@ _CANDIDATES = text(
         LIMIT f.room
         FOR UPDATE SKIP LOCKED
     ) c
-    """
-)
-
-_OLDEST = text(
-    """
+    UNION ALL
     SELECT c.id, c.instance_id, c.priority, c.expected_seconds,
            extract(epoch FROM now() - c.created_at) AS age_seconds
     FROM unnest(CAST(:instance_ids AS text[]), CAST(:room AS int[]))
@@ -285,7 +291,7 @@ _OLDEST = text(
         WHERE r.instance_id = f.instance_id AND r.state = 'queued'
           AND r.not_before <= now()
           AND r.created_at < now() - make_interval(secs => :aging_seconds)
-        ORDER BY r.id
+        ORDER BY r.created_at, r.id
         LIMIT f.room
         FOR UPDATE SKIP LOCKED
     ) c
@@ -314,7 +320,9 @@ _CLAIM = text(
     )
     SELECT * FROM claimed ORDER BY id
     """
-)
+).bindparams(bindparam("held", type_=JSONB))
+
+_LOCK_ACCOUNT = text("SELECT pg_advisory_xact_lock(:cls, hashtext(:account_id))")
 
 
 async def admit(
@@ -335,21 +343,24 @@ async def admit(
 
     async with db.begin() as conn:
         await conn.execute(
-            text("SELECT pg_advisory_xact_lock(:cls, hashtext(:account_id))"),
+            _LOCK_ACCOUNT,
             {"cls": ADMISSION_LOCK_CLASS, "account_id": account.account_id},
         )
         held: dict[str, int] = defaultdict(int)
-        params = {"account_id": account.account_id, "slot_states": SLOT_STATE_VALUES}
-        for instance_id, count in await conn.execute(_HELD, params):
-            held[instance_id] += count
+        paused_keys: set[tuple[str, str]] = set()
+        params = {
+            "account_id": account.account_id,
+            "slot_states": SLOT_STATE_VALUES,
+            "instance_ids": list(limits),
+        }
+        for kind, key, count in await conn.execute(_HELD_AND_PAUSED, params):
+            if kind == "held":
+                held[key] += count
+            else:
+                paused_keys.add((kind, key))
 
         admission.held = dict(held)
         admission.account_free = max(0, account.limit - sum(held.values()))
-        paused = await conn.execute(
-            _PAUSED,
-            {"account_id": account.account_id, "instance_ids": list(limits)},
-        )
-        paused_keys = {(scope, key) for scope, key in paused}
         if (
             admission.account_free == 0
             or ("account", account.account_id) in paused_keys
@@ -365,11 +376,12 @@ async def admit(
         if not room:
             return admission
 
-        query = {"instance_ids": list(room), "room": list(room.values())}
-        rows = list(await conn.execute(_CANDIDATES, query))
-        rows += list(
-            await conn.execute(_OLDEST, {**query, "aging_seconds": aging_seconds})
-        )
+        query = {
+            "instance_ids": list(room),
+            "room": list(room.values()),
+            "aging_seconds": aging_seconds,
+        }
+        rows = await conn.execute(_CANDIDATES, query)
         candidates = {
             row.id: Candidate(
                 row.id,
@@ -392,7 +404,7 @@ async def admit(
             return admission
 
         claimed = await conn.execute(
-            _CLAIM.bindparams(bindparam("held", type_=JSONB)),
+            _CLAIM,
             {
                 "ids": [c.id for c in chosen],
                 "owner": owner,
@@ -407,9 +419,17 @@ async def admit(
 
 
 async def renew_submission_leases(
-    db: Database, owner: str, lease_seconds: float
+    db: Database,
+    owner: str,
+    lease_seconds: float,
+    run_ids: Sequence[int] | None = None,
 ) -> int:
-    """Keep this process's `submitting` leases alive while it works on them."""
+    """Keep this process's `submitting` leases alive while it works on them.
+
+    With ``run_ids``, only those: a run whose submission ended without being
+    recorded (the database went away) must let its lease expire, so that
+    recovery looks the execution up.
+    """
     async with db.begin() as conn:
         result = await conn.execute(
             text(
@@ -417,9 +437,15 @@ async def renew_submission_leases(
                 UPDATE runs
                 SET lease_expires_at = now() + make_interval(secs => :lease_seconds)
                 WHERE lease_owner = :owner AND state = 'submitting'
+                  AND (CAST(:ids AS bigint[]) IS NULL
+                       OR id = ANY(CAST(:ids AS bigint[])))
                 """
             ),
-            {"owner": owner, "lease_seconds": lease_seconds},
+            {
+                "owner": owner,
+                "lease_seconds": lease_seconds,
+                "ids": None if run_ids is None else list(run_ids),
+            },
         )
 
     return int(result.rowcount)

@@ -16,9 +16,9 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    TextClause,
     and_,
     bindparam,
-    delete,
     func,
     insert,
     literal,
@@ -36,10 +36,9 @@ from .models import (
     RunState,
     attempts,
     events,
-    external_executions,
     runs,
 )
-from .queue import NOTIFY_CHANNEL, set_pause
+from .queue import NOTIFY_CHANNEL, set_pause, single_statement
 from .records import RunRecord
 
 NON_TERMINAL = tuple(state for state in RunState if state not in TERMINAL_STATES)
@@ -143,6 +142,103 @@ class Pause:
     reason: str
 
 
+def _change_sql(
+    assignments: str,
+    *also: str,
+    guard: str = "",
+    result: str = "SELECT * FROM changed",
+) -> TextClause:
+    """One transition as one statement: the run's change, its event and ``also``.
+
+    Like ``apply``: the run changes only while it is in one of ``:expect``
+    (and, when given, under ``:owner``'s lease or with ``:expect_execution``)
+    and ``guard`` holds, and the statements in ``also`` (data-modifying CTEs,
+    which always run) do their part only when it did.
+    """
+    extra = "".join(f", {cte}" for cte in also)
+    return text(
+        f"""
+        WITH old AS (
+            SELECT id, state AS from_state FROM runs
+            WHERE id = :run_id AND state = ANY(CAST(:expect AS text[]))
+              AND (CAST(:owner AS text) IS NULL OR lease_owner = :owner)
+              AND (CAST(:expect_execution AS text) IS NULL
+                   OR execution_id = :expect_execution)
+              {guard}
+            FOR UPDATE
+        ), changed AS (
+            UPDATE runs r
+            SET state = :to, updated_at = now(), {assignments}
+            FROM old WHERE r.id = old.id
+            RETURNING r.*, old.from_state
+        ), logged AS (
+            INSERT INTO events (run_id, from_state, to_state, reason, attempt,
+                                execution_id, message, detail, worker_id)
+            SELECT id, from_state, state, CAST(:reason AS text), attempt,
+                   execution_id, CAST(:event_message AS text),
+                   CAST(:detail AS jsonb), CAST(:worker_id AS text)
+            FROM changed
+        ){extra}
+        {result}
+        """
+    ).bindparams(bindparam("detail", type_=JSONB))
+
+
+def _change_params(
+    run_id: int,
+    expect: Sequence[RunState],
+    to: RunState,
+    reason: str,
+    *,
+    owner: str | None = None,
+    expect_execution: str | None = None,
+    event_message: str | None = None,
+    detail: Mapping[str, Any] | None = None,
+    worker_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "expect": [state.value for state in expect],
+        "to": to.value,
+        "reason": reason,
+        "owner": owner,
+        "expect_execution": expect_execution,
+        "event_message": event_message,
+        "detail": None if detail is None else dict(detail),
+        "worker_id": worker_id,
+    }
+
+
+# The run gets its execution and a new attempt number; the attempt is opened;
+# an execution counted as external until now is ours and stops counting; the
+# instance's poller (in whichever process) learns when to look.
+_SUBMITTED = _change_sql(
+    """lease_owner = NULL, lease_expires_at = NULL, claimed_at = NULL,
+            execution_id = :execution_id, amc_status = :amc_status,
+            attempt = r.attempt + 1, lookup_since = NULL,
+            submitted_at = coalesce(CAST(:amc_create_time AS timestamptz), now()),
+            started_at = CASE WHEN :to = 'running' THEN now() END,
+            reason = NULL, message = NULL""",
+    """opened AS (
+            INSERT INTO attempts (run_id, number, execution_id, adopted, amc_status,
+                                  amc_create_time, submitted_at, started_at)
+            SELECT id, attempt, execution_id, CAST(:adopted AS boolean),
+                   amc_status, CAST(:amc_create_time AS timestamptz),
+                   submitted_at, started_at
+            FROM changed
+        )""",
+    """adopted_external AS (
+            DELETE FROM external_executions
+            WHERE execution_id = :execution_id AND EXISTS (SELECT FROM changed)
+        )""",
+    # An execution belongs to one attempt: a create's answer that arrives after
+    # the run's lookup adopted the execution (and maybe retried past it) is
+    # not recorded a second time.
+    guard="AND NOT EXISTS (SELECT FROM attempts WHERE execution_id = :execution_id)",
+    result="SELECT changed.*, pg_notify(:channel, :payload) AS notified FROM changed",
+)
+
+
 async def record_submitted(
     db: Database,
     run: RunRecord,
@@ -155,67 +251,47 @@ async def record_submitted(
     expect: Sequence[RunState] = (RunState.SUBMITTING,),
     worker_id: str | None = None,
 ) -> RunRecord | None:
-    """The create went through (or an existing execution was adopted)."""
+    """The create went through (or an existing execution was adopted).
+
+    None when the run is not as expected, or when an attempt already owns the
+    execution (``execution_owner`` tells which run).
+    """
     to = (
         RunState.RUNNING
         if amc_status in ("RUNNING", "PUBLISHING")
         else RunState.PENDING
     )
-    async with db.begin() as conn:
-        updated = await apply(
-            conn,
-            Change(
-                run.id,
-                tuple(expect),
-                to,
-                "adopted" if adopted else "submitted",
-                owner=owner,
-                values={
-                    **_RELEASED,
-                    "execution_id": execution_id,
-                    "amc_status": amc_status,
-                    "attempt": runs.c.attempt + 1,
-                    "lookup_since": None,
-                    "submitted_at": func.coalesce(amc_create_time, func.now()),
-                    "started_at": func.now() if to is RunState.RUNNING else None,
-                    "reason": None,
-                    "message": None,
-                },
-                detail={"adopted": adopted},
-            ),
-            worker_id,
-        )
-        if updated is None:
-            return None
+    params = _change_params(
+        run.id,
+        expect,
+        to,
+        "adopted" if adopted else "submitted",
+        owner=owner,
+        detail={"adopted": adopted},
+        worker_id=worker_id,
+    )
+    params.update(
+        execution_id=execution_id,
+        amc_status=amc_status,
+        amc_create_time=amc_create_time,
+        adopted=adopted,
+        channel=NOTIFY_CHANNEL,
+        payload=f"submitted:{run.instance_id}:{run.job}",
+    )
+    async with single_statement(db) as conn:
+        row = (await conn.execute(_SUBMITTED, params)).first()
 
-        await conn.execute(
-            insert(attempts).values(
-                run_id=run.id,
-                number=updated.attempt,
-                execution_id=execution_id,
-                adopted=adopted,
-                amc_status=amc_status,
-                amc_create_time=amc_create_time,
-                submitted_at=func.coalesce(amc_create_time, func.now()),
-                started_at=func.now() if to is RunState.RUNNING else None,
-            )
-        )
-        # An execution counted as external until now is ours: stop counting it.
-        await conn.execute(
-            delete(external_executions).where(
-                external_executions.c.execution_id == execution_id
-            )
-        )
-        # Tells the instance's poller (in whichever process) when to look.
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :payload)"),
-            {
-                "channel": NOTIFY_CHANNEL,
-                "payload": f"submitted:{run.instance_id}:{run.job}",
-            },
+    return RunRecord.from_row(row) if row is not None else None
+
+
+async def execution_owner(db: Database, execution_id: str) -> int | None:
+    """The run one of whose attempts owns ``execution_id``, if any."""
+    async with db.connect() as conn:
+        owner = await conn.scalar(
+            select(attempts.c.run_id).where(attempts.c.execution_id == execution_id)
         )
 
-    return updated
+    return None if owner is None else int(owner)
 
 
 async def requeue(
@@ -357,6 +433,41 @@ class Outcome:
     message: str | None = None
 
 
+# The attempt a run in flight owns: ``:attempt`` is the number it had when
+# observed, so an attempt the run has since moved past is left alone.
+_CLOSE_ATTEMPT = """closed AS (
+            UPDATE attempts
+            SET outcome = :outcome, reason = CAST(:attempt_reason AS text),
+                finished_at = now(), amc_status = :amc_status,
+                amc_end_time = coalesce(CAST(:amc_end_time AS timestamptz),
+                                        amc_end_time)
+            WHERE run_id = :run_id AND number = :attempt AND outcome IS NULL
+              AND EXISTS (SELECT FROM changed)
+        )"""
+
+_OBSERVED_RUNNING = _change_sql(
+    "amc_status = :amc_status, started_at = coalesce(r.started_at, now())",
+    """started AS (
+            UPDATE attempts
+            SET amc_status = :amc_status, started_at = coalesce(started_at, now())
+            WHERE run_id = :run_id AND number = :attempt
+              AND EXISTS (SELECT FROM changed)
+        )""",
+)
+_OBSERVED_RETRY = _change_sql(
+    """amc_status = :amc_status, execution_id = NULL,
+            not_before = now() + make_interval(secs => :retry_delay),
+            reason = :run_reason, message = :message, results_state = NULL""",
+    _CLOSE_ATTEMPT,
+)
+_OBSERVED_END = _change_sql(
+    """amc_status = :amc_status, finished_at = now(),
+            reason = :run_reason, message = :message""",
+    _CLOSE_ATTEMPT,
+)
+_OBSERVED_OTHER = _change_sql("amc_status = :amc_status")
+
+
 async def record_observation(
     db: Database,
     observation: Observation,
@@ -369,63 +480,45 @@ async def record_observation(
     run keeps its history and its next attempt gets a new execution.
     """
     run = observation.run
-    values: dict[str, Any] = {"amc_status": observation.amc_status}
+    params = _change_params(
+        run.id,
+        (RunState.PENDING, RunState.RUNNING),
+        outcome.to,
+        outcome.reason,
+        expect_execution=run.execution_id,
+        event_message=outcome.message,
+        detail={"amc_status": observation.amc_status},
+        worker_id=worker_id,
+    )
+    params.update(
+        amc_status=observation.amc_status,
+        attempt=run.attempt,
+        message=outcome.message,
+        attempt_reason=observation.reason,
+        amc_end_time=observation.amc_end_time,
+    )
     if outcome.to is RunState.RUNNING:
-        values["started_at"] = func.coalesce(runs.c.started_at, func.now())
+        statement = _OBSERVED_RUNNING
     elif outcome.to is RunState.QUEUED:
-        values.update(
-            execution_id=None,
-            not_before=seconds_from_now(outcome.retry_delay or 0.0),
-            reason=outcome.reason,
-            message=outcome.message,
-            results_state=None,
+        statement = _OBSERVED_RETRY
+        params.update(
+            retry_delay=max(0.0, float(outcome.retry_delay or 0.0)),
+            run_reason=outcome.reason,
+            outcome="failed",
         )
     elif outcome.to.terminal:
-        values.update(
-            finished_at=func.now(),
-            reason=None if outcome.to is RunState.SUCCEEDED else outcome.reason,
-            message=outcome.message,
+        statement = _OBSERVED_END
+        params.update(
+            run_reason=None if outcome.to is RunState.SUCCEEDED else outcome.reason,
+            outcome=outcome.to.value,
         )
+    else:
+        statement = _OBSERVED_OTHER
 
-    async with db.begin() as conn:
-        updated = await apply(
-            conn,
-            Change(
-                run.id,
-                (RunState.PENDING, RunState.RUNNING),
-                outcome.to,
-                outcome.reason,
-                execution_id=run.execution_id,
-                values=values,
-                message=outcome.message,
-                detail={"amc_status": observation.amc_status},
-            ),
-            worker_id,
-        )
-        if updated is None:
-            return None
+    async with single_statement(db) as conn:
+        row = (await conn.execute(statement, params)).first()
 
-        if outcome.to is RunState.RUNNING:
-            await conn.execute(
-                update(attempts)
-                .where(attempts.c.run_id == run.id, attempts.c.number == run.attempt)
-                .values(
-                    amc_status=observation.amc_status,
-                    started_at=func.coalesce(attempts.c.started_at, func.now()),
-                )
-            )
-        elif outcome.to is RunState.QUEUED or outcome.to.terminal:
-            closing = outcome.to.value if outcome.to.terminal else "failed"
-            await _close_attempt(
-                conn,
-                run,
-                closing,
-                observation.reason,
-                observation.amc_status,
-                observation.amc_end_time,
-            )
-
-    return updated
+    return RunRecord.from_row(row) if row is not None else None
 
 
 async def touch_status(db: Database, run: RunRecord, amc_status: str) -> None:
