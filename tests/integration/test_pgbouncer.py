@@ -39,7 +39,8 @@ def bouncer(pg_server: PostgresServer) -> Iterator[str | None]:
 
     Where PgBouncer is not installed, or the server listens on a private
     Unix socket only (the embedded one), the test checks the settings alone;
-    CI's run against the server on 5432 goes through a real PgBouncer.
+    .ci/run installs PgBouncer where it can, so CI's run against the server on
+    5432 goes through a real one.
     """
     if PGBOUNCER is None or pg_server.embedded is not None:
         yield None

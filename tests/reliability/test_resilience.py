@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 from scheduler.store.embedded import EmbeddedPostgres
 from scheduler.store.engine import Database
@@ -25,6 +26,8 @@ from tests.support.daemon import poll_until
 
 LONG = os.environ.get("AMC_SCHEDULER_RELIABILITY") == "long"
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+# The long versions outlast the suite-wide timeout by design.
+pytestmark = [pytest.mark.timeout(3600)] if LONG else []
 
 
 def record(name: str, figures: dict[str, Any]) -> None:
