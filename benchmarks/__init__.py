@@ -1,0 +1,1 @@
+"""Benchmarks: workloads, and the scripts that measure the scheduler with them."""
