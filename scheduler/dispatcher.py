@@ -66,7 +66,9 @@ from .submitter import Submitter
 
 log = get_logger(__name__)
 
-BACKLOG_TTL = 10.0
+# The backlog per instance (which orders admission) is read again after this
+# many admission intervals: 10 s with the default interval of 5 s.
+BACKLOG_INTERVALS = 2.0
 UPKEEP_PERIOD = 15.0
 LIST_PAGE = 100
 
@@ -209,7 +211,8 @@ class Dispatcher:
             return
 
         rt = self.rt
-        if time.monotonic() - self._backlog_at > BACKLOG_TTL:
+        ttl = BACKLOG_INTERVALS * rt.config.admit_interval.total_seconds()
+        if time.monotonic() - self._backlog_at > ttl:
             rt.backlog = await backlog(rt.db)
             self._backlog_at = time.monotonic()
 

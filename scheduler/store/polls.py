@@ -251,7 +251,8 @@ async def recent_durations(
 
 @dataclass(frozen=True)
 class Backlog:
-    """Queued work of one instance: runs due now, and expected seconds of all."""
+    """Remaining work of one instance: queued runs due now, and the expected
+    seconds of every queued run plus what its runs in flight have left."""
 
     due: int
     work: float
@@ -263,9 +264,14 @@ async def backlog(db: Database) -> dict[str, Backlog]:
             text(
                 """
                 SELECT instance_id,
-                       count(*) FILTER (WHERE not_before <= now()) AS due,
-                       sum(expected_seconds) AS work
-                FROM runs WHERE state = 'queued'
+                       count(*) FILTER (WHERE state = 'queued'
+                                        AND not_before <= now()) AS due,
+                       sum(CASE WHEN state = 'queued' THEN expected_seconds
+                           ELSE greatest(0, expected_seconds - extract(epoch FROM
+                                now() - coalesce(submitted_at, claimed_at, now())))
+                           END) AS work
+                FROM runs
+                WHERE state IN ('queued', 'submitting', 'pending', 'running')
                 GROUP BY instance_id
                 """
             )

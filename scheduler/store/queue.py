@@ -16,7 +16,6 @@ run expected to take longest starts first.
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import defaultdict
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -194,10 +193,11 @@ def choose(
     """Pick the runs to admit, at most ``free[i]`` per instance and
     ``account_free`` in all.
 
-    Higher (aged) priority is served first. Among equals, each slot goes to
-    the instance whose remaining work per slot held is largest, i.e. whose
-    backlog would finish last; an instance holding nothing goes first. Within
-    an instance, the longest expected run goes first.
+    Higher (aged) priority is served first. Among equals, an instance holding
+    nothing gets a slot first (none starves); then each slot goes to the
+    instance with the most remaining work (``backlog``: queued and still to
+    run in flight), whose drain would end last, until its room is used up.
+    Within an instance, the longest expected run goes first.
     """
     per_instance: dict[str, list[Candidate]] = defaultdict(list)
     for candidate in candidates:
@@ -221,15 +221,17 @@ def choose(
     }
     chosen: list[Candidate] = []
     while len(chosen) < account_free:
-        best: tuple[int, float, float] | None = None
+        best: tuple[int, bool, float] | None = None
         best_instance = ""
         for instance, queue in per_instance.items():
             if not queue or room[instance] <= 0:
                 continue
 
-            held_now = slots[instance]
-            finish = math.inf if held_now == 0 else work[instance] / held_now
-            key = (queue[0].effective_priority(aging_seconds), finish, work[instance])
+            key = (
+                queue[0].effective_priority(aging_seconds),
+                slots[instance] == 0,
+                work[instance],
+            )
             if best is None or key > best:
                 best, best_instance = key, instance
 

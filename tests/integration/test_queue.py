@@ -14,6 +14,7 @@ from scheduler.store.models import (
     external_executions,
     runs,
 )
+from scheduler.store.polls import backlog
 from scheduler.store.queue import (
     AccountLimits,
     InstanceLimit,
@@ -330,3 +331,48 @@ async def test_cancel_of_queued_run(db: Database) -> None:
     assert isinstance(cancelled, RunRecord)
     assert cancelled.state == "cancelled"
     assert await finish(db, result.run, RunState.CANCELLED, reason="cancelled") is None
+
+
+async def test_backlog_counts_queued_work_and_what_runs_in_flight_have_left(
+    db: Database,
+) -> None:
+    """An instance's remaining work: every queued run's expected seconds, plus
+    the rest of each run in flight (none for one past its expectation)."""
+    await enqueue(
+        db,
+        [
+            new_run("amc1", expected_seconds=1000.0),
+            new_run("amc1", expected_seconds=600.0),
+            new_run("amc2", expected_seconds=300.0),
+        ],
+    )
+    (first,) = (
+        await admit(db, ACCOUNT, owner="w1", lease_seconds=60, max_claims=1)
+    ).claimed
+    assert first.expected_seconds == 1000.0
+    submitted = await record_submitted(
+        db,
+        first,
+        owner="w1",
+        execution_id="e1",
+        amc_status="RUNNING",
+        amc_create_time=datetime.now(UTC) - timedelta(seconds=400),
+    )
+    assert submitted is not None
+    overdue = await enqueue(db, [new_run("amc2", expected_seconds=100.0)])
+    async with db.begin() as conn:
+        await conn.execute(
+            update(runs)
+            .where(runs.c.id == overdue[0].run.id)
+            .values(
+                state="running",
+                execution_id="e2",
+                submitted_at=datetime.now(UTC) - timedelta(hours=1),
+            )
+        )
+
+    found = await backlog(db)
+    assert found["amc1"].due == 1
+    assert 1195.0 < found["amc1"].work <= 1200.0  # 600 queued + about 600 left
+    assert found["amc2"].due == 1
+    assert found["amc2"].work == 300.0

@@ -93,3 +93,17 @@ def test_limits_are_respected() -> None:
     share = Counter(c.instance_id for c in chosen)
     assert share["a"] == 3
     assert sum(share.values()) == 5
+
+
+def test_instance_with_most_remaining_work_fills_its_room_first() -> None:
+    """The drain that would end last is kept at its limit; the rest share what
+    is left, however many slots each already holds."""
+    chosen = choose(
+        cands("critical", 10) + cands("light", 10, start=100),
+        free={"critical": 4, "light": 10},
+        held={"critical": 6, "light": 1},
+        account_free=5,
+        backlog={"critical": 200 * 1200.0, "light": 50 * 1200.0},
+        aging_seconds=HOUR,
+    )
+    assert Counter(c.instance_id for c in chosen) == {"critical": 4, "light": 1}
