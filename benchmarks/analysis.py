@@ -65,8 +65,11 @@ def _sweep(
     At each moment the waiting instances (those with a create still to come)
     could use ``min(account free for them, their own limits)`` slots; the
     used ones are theirs in flight. A slot freed while waiting runs could take
-    it joins a pool (the account's when the account was full, else the
-    instance's); the next create that may use it takes the oldest.
+    it joins a pool: the account's when the account's limit binds (it was
+    full, or its waiting instances could use more slots than it has), so that
+    the slot counts as refilled by the next create on any instance; else the
+    instance's own. The next create that may use a pool's slot takes the
+    oldest.
     """
     last_create: dict[str, float] = {}
     events: list[tuple[float, int, str]] = []
@@ -96,9 +99,13 @@ def _sweep(
 
         previous = moment
         if kind == 0:
-            full = sum(busy.values()) >= account_limit
+            outside = sum(n for i, n in busy.items() if i not in waiting)
+            binds = (
+                sum(busy.values()) >= account_limit
+                or sum(limits[i] for i in waiting) > account_limit - outside
+            )
             busy[instance] -= 1
-            if waiting and full:
+            if waiting and binds:
                 pools["account"].append(moment)
             elif instance in waiting:
                 pools[instance].append(moment)
