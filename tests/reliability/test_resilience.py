@@ -48,7 +48,7 @@ def test_crash_kills_lose_and_duplicate_nothing(
 ) -> None:
     """SIGKILL at random moments of a drain: every run ends once, limits held."""
     kills = 50 if LONG else 5
-    per_instance = 167 if LONG else 100
+    per_instance = 167
     slow = {"faults": {"slow_rate": 0.2, "slow_by": "0.2s"}}
     rng = random.Random(7)
     with cluster(tmp_path, database_url, speed=2400, simulator=slow) as rig:
