@@ -317,11 +317,13 @@ class Submitter:
         if adopted is not None:
             return
 
-        if await execution_owner(rt.db, execution.id) is not None:
+        owner_run = await execution_owner(rt.db, execution.id)
+        if owner_run is not None:
             # The run's own lookup found it first.
             log.info(
                 "execution_already_recorded",
                 execution_id=execution.id,
+                owner_run_id=owner_run,
                 **self._fields(run),
             )
             return

@@ -11,7 +11,15 @@ from sqlalchemy import delete, func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from .engine import Database
-from .models import RunState, attempts, external_executions, leases, runs, workers
+from .models import (
+    SLOT_STATES,
+    RunState,
+    attempts,
+    external_executions,
+    leases,
+    runs,
+    workers,
+)
 from .records import RunRecord
 
 IN_FLIGHT = [RunState.PENDING.value, RunState.RUNNING.value]
@@ -271,10 +279,12 @@ async def backlog(db: Database) -> dict[str, Backlog]:
                                 now() - coalesce(submitted_at, claimed_at, now())))
                            END) AS work
                 FROM runs
-                WHERE state IN ('queued', 'submitting', 'pending', 'running')
+                WHERE state = 'queued'
+                   OR state = ANY(CAST(:slot_states AS text[]))
                 GROUP BY instance_id
                 """
-            )
+            ),
+            {"slot_states": sorted(state.value for state in SLOT_STATES)},
         )
         return {row.instance_id: Backlog(row.due, float(row.work or 0)) for row in rows}
 

@@ -378,30 +378,15 @@ async def finish(
             worker_id,
         )
         if updated is not None and updated.execution_id is not None:
-            await _close_attempt(conn, updated, to.value, reason, None, None)
+            await _close_attempt(conn, updated, to.value, reason)
 
     return updated
 
 
 async def _close_attempt(
-    conn: AsyncConnection,
-    run: RunRecord,
-    outcome: str,
-    reason: str | None,
-    amc_status: str | None,
-    amc_end_time: datetime | None,
+    conn: AsyncConnection, run: RunRecord, outcome: str, reason: str | None
 ) -> None:
-    values: dict[str, Any] = {
-        "outcome": outcome,
-        "reason": reason,
-        "finished_at": func.now(),
-    }
-    if amc_status is not None:
-        values["amc_status"] = amc_status
-
-    if amc_end_time is not None:
-        values["amc_end_time"] = amc_end_time
-
+    """Close the run's open attempt (``record_observation`` closes its own)."""
     await conn.execute(
         update(attempts)
         .where(
@@ -409,7 +394,7 @@ async def _close_attempt(
             attempts.c.number == run.attempt,
             attempts.c.outcome.is_(None),
         )
-        .values(**values)
+        .values(outcome=outcome, reason=reason, finished_at=func.now())
     )
 
 
