@@ -160,7 +160,7 @@ def test_no_secret_reaches_logs_tables_health_or_metrics(
         "refresh_token": SIM_CREDENTIALS["refresh_token"],
     }
     with cluster(tmp_path, url, simulator=faults, secrets=configured) as rig:
-        rig.enqueue(per_instance=10)
+        rig.enqueue(per_instance=20)
         for kill in range(3):
             daemon = rig.start_daemon()
             daemon.wait_for("service_started")
